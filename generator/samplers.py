@@ -1,0 +1,165 @@
+"""Samplers: DDPM ancestral, DDIM (any step count, any eta), classifier-free guidance and DDIM inversion.
+
+The model only predicts noise; these functions own the arithmetic (the diffusers shape). Every
+random draw goes through an explicit torch.Generator, drawn on the CPU and then moved, so a seed
+gives the same noise on every device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from generator.errors import GuardError
+from generator.schedule import NoiseSchedule
+
+SAMPLERS = ("ddim", "ddpm")
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+
+
+def timesteps_for(num_timesteps: int, steps: int) -> list[int]:
+    """Descending timestep grid with 'trailing' spacing (Lin et al. 2024): it always starts at T-1,
+    so even a 5-step sampler begins from pure noise."""
+    if not 1 <= steps <= num_timesteps:
+        raise GuardError(f"steps must be between 1 and {num_timesteps}, got {steps}")
+    grid = torch.round(torch.arange(num_timesteps, 0, -num_timesteps / steps)).long() - 1
+    return sorted({int(t) for t in grid.clamp(min=0)}, reverse=True)
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise GuardError(f"unknown precision {precision!r}; use 'fp32' or 'bf16'")
+
+
+def guided_eps(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
+               guidance: float) -> torch.Tensor:
+    """eps_u + s (eps_c - eps_u) (Ho & Salimans 2022): s = 1 is plain conditional, s = 0 unconditional.
+    Both passes run as one batch, which halves the per-step overhead."""
+    if labels is None or guidance == 1.0:
+        return model(x, t, labels).float()
+    null = torch.full_like(labels, model.config.num_classes)
+    if guidance == 0.0:
+        return model(x, t, null).float()
+    eps_c, eps_u = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float().chunk(2)
+    return eps_u + guidance * (eps_c - eps_u)
+
+
+def ddpm_step(eps: torch.Tensor, t: int, x: torch.Tensor, schedule: NoiseSchedule,
+              generator: torch.Generator | None, variance: str = "beta_tilde", clip_x0: bool = True) -> torch.Tensor:
+    tt = torch.full((x.shape[0],), t, dtype=torch.long)
+    # 1. x_0 from the predicted noise (Ho et al. Eq. 4 inverted); clipping keeps it in the data range
+    x0 = schedule.predict_x0(x, eps, tt)
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+    # 2. posterior mean mu~_t(x_t, x_0) (Eq. 7)
+    mean = schedule.posterior_mean(x0, x, tt)
+    if t == 0:
+        return mean
+    # 3. x_{t-1} = mu + sigma_t z with sigma_t^2 = beta_t or beta~_t (Sec. 3.2)
+    var = schedule.reverse_variance(tt, x, variance)
+    return mean + var.sqrt() * randn(tuple(x.shape), generator, x.device)
+
+
+def ddim_step(eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, schedule: NoiseSchedule,
+              eta: float = 0.0, generator: torch.Generator | None = None, clip_x0: bool = False) -> torch.Tensor:
+    ab_t = schedule.alpha_bar(t, x)
+    ab_prev = schedule.alpha_bar(t_prev, x)  # t_prev = -1 means abar = 1: the clean image
+    # 1. predicted x_0 (Song et al. Eq. 12, first term)
+    x0 = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = (x - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
+    # 2. sigma_t(eta) (Eq. 16); eta = 1 is DDPM-like, eta = 0 deterministic
+    sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
+    # 3. direction pointing to x_t, then x_{t-1} = sqrt(abar_prev) x_0 + dir + sigma z (Eq. 12)
+    x_prev = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
+    if eta > 0:
+        x_prev = x_prev + sigma * randn(tuple(x.shape), generator, x.device)
+    return x_prev
+
+
+def _check_labels(model: nn.Module, labels: torch.Tensor | None) -> None:
+    if labels is None:
+        return
+    k = getattr(model.config, "num_classes", None)
+    if not k:
+        raise GuardError("this model is unconditional; do not pass a label")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= k):
+        raise GuardError(f"labels must be between 0 and {k - 1}")
+
+
+@torch.inference_mode()
+def sample(model: nn.Module, schedule: NoiseSchedule, shape: tuple[int, ...], *,
+           labels: torch.Tensor | None = None, guidance: float = 1.0, x_T: torch.Tensor | None = None,
+           sampler: str = "ddim", steps: int = 50, eta: float = 0.0, variance: str = "beta_tilde",
+           clip_x0: bool = True, generator: torch.Generator | None = None, precision: str = "fp32",
+           progress: bool = False, callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Draw images in [-1, 1] of `shape` (B, C, H, W).
+
+    `x_T` replaces the initial noise (the watermark's hook). `labels` (B,) selects classes; None is
+    unconditional. `sampler="ddpm"` runs all T ancestral steps and ignores `steps` and `eta`.
+    """
+    if sampler not in SAMPLERS:
+        raise GuardError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+    if eta < 0:
+        raise GuardError(f"eta must be >= 0, got {eta}")
+    _check_labels(model, labels)
+    device = next(model.parameters()).device
+    model.eval()
+    if x_T is None:
+        x = randn(shape, generator, device)
+    else:
+        if tuple(x_T.shape) != tuple(shape):
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+        x = x_T.to(device, torch.float32)
+    labels = labels.to(device) if labels is not None else None
+    grid = list(range(schedule.num_timesteps - 1, -1, -1)) if sampler == "ddpm" else timesteps_for(schedule.num_timesteps, steps)
+    with autocast_for(device, precision):
+        for i, t in enumerate(tqdm(grid, disable=not progress, desc=f"{sampler} sampling", leave=False)):
+            tt = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
+            eps = guided_eps(model, x, tt, labels, guidance)
+            if sampler == "ddpm":
+                x = ddpm_step(eps, t, x, schedule, generator, variance, clip_x0)
+            else:
+                t_prev = grid[i + 1] if i + 1 < len(grid) else -1
+                x = ddim_step(eps, t, t_prev, x, schedule, eta, generator, clip_x0)
+            if callback is not None:
+                callback(t, x)
+    return x.clamp(-1, 1)
+
+
+@torch.inference_mode()
+def ddim_invert(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, steps: int = 50, *,
+                labels: torch.Tensor | None = None, guidance: float = 1.0, precision: str = "fp32",
+                progress: bool = False) -> torch.Tensor:
+    """Deterministic DDIM inversion image -> x_T over the same timestep grid as `sample`.
+
+    Each sampling step t -> t_prev uses eps(x_t, t); the inverse step t_prev -> t reuses the
+    same timestep's noise prediction, evaluated at the point we have (x_{t_prev}), with the two
+    alpha_bars swapped. Unconditional (null class) unless `labels` is given.
+    """
+    _check_labels(model, labels)
+    device = next(model.parameters()).device
+    model.eval()
+    x = x0.to(device, torch.float32)
+    labels = labels.to(device) if labels is not None else None
+    grid = timesteps_for(schedule.num_timesteps, steps)
+    pairs = [(t, grid[i + 1] if i + 1 < len(grid) else -1) for i, t in enumerate(grid)]
+    with autocast_for(device, precision):
+        for t, t_prev in tqdm(list(reversed(pairs)), disable=not progress, desc="ddim inversion", leave=False):
+            tt = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
+            eps = guided_eps(model, x, tt, labels, guidance)
+            ab_t, ab_prev = schedule.alpha_bar(t, x), schedule.alpha_bar(t_prev, x)
+            x0_pred = (x - (1 - ab_prev).sqrt() * eps) / ab_prev.sqrt()
+            x = ab_t.sqrt() * x0_pred + (1 - ab_t).sqrt() * eps
+    return x
