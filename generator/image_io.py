@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from generator.errors import GuardError
+from generator.fsutil import atomic_write_bytes
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 MAX_BYTES = 20 * 1024 * 1024  # 20 MiB of encoded bytes
@@ -118,18 +118,6 @@ def to_pil(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(to_uint8(x))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def encode_png(x: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     to_pil(x).save(buf, format="PNG")
@@ -139,7 +127,7 @@ def encode_png(x: torch.Tensor) -> bytes:
 def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
     """Write a (C, H, W) tensor in [-1, 1] as PNG, atomically."""
     p = Path(path)
-    _atomic_write(p, encode_png(x))
+    atomic_write_bytes(p, encode_png(x))
     return p
 
 
