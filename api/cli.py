@@ -54,17 +54,95 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from generator.checkpoint import load_model
     from generator.pipeline import generate, write_samples
 
+    key = payload = None
+    if a.watermark_key:
+        from watermark.embed import parse_payload
+        from watermark.keys import load_key
+
+        key, payload = load_key(a.watermark_key), parse_payload(a.payload)
+    elif a.payload is not None:
+        raise GuardError("--payload needs --watermark-key")
     model, schedule, _ = load_model(a.checkpoint)
-    images, labels = generate(model, schedule, a.n, label=a.label, guidance=a.guidance, sampler=a.sampler,
-                              steps=a.steps, eta=a.eta, variance=a.variance, seed=a.seed,
-                              precision=a.precision, progress=not a.json)
-    paths = write_samples(images, a.out, labels)
-    if a.json:
-        for i, p in enumerate(paths):
-            print(json.dumps({"path": str(p), "label": None if labels is None else int(labels[i]), "seed": a.seed}))
+    kw = dict(label=a.label, guidance=a.guidance, sampler=a.sampler, steps=a.steps, eta=a.eta,
+              variance=a.variance, seed=a.seed, precision=a.precision, progress=not a.json)
+    if key is not None:
+        from watermark.embed import generate_watermarked
+
+        images, labels = generate_watermarked(model, schedule, key, payload, a.n, **kw)
     else:
-        print(f"wrote {len(paths)} samples and {Path(a.out) / 'grid.png'}")
+        images, labels = generate(model, schedule, a.n, **kw)
+    paths = write_samples(images, a.out, labels)
+    for i, p in enumerate(paths):
+        rec = {"path": str(p), "label": None if labels is None else int(labels[i]), "seed": a.seed,
+               "watermarked": key is not None}
+        if key is not None:
+            rec.update(payload=f"{payload:08x}", key_fingerprint=key.fingerprint)
+        if a.json:
+            print(json.dumps(rec))
+    if not a.json:
+        mark = f", watermarked with key {key.fingerprint} payload {payload:08x}" if key is not None else ""
+        print(f"wrote {len(paths)} samples and {Path(a.out) / 'grid.png'}{mark}")
     return 0
+
+
+def cmd_eval_gen(a: argparse.Namespace) -> int:
+    from generator.checkpoint import load_model
+    from generator.evaluate import evaluate_generator
+
+    model, schedule, _ = load_model(a.checkpoint)
+    sweep = tuple(a.step_sweep) if a.step_sweep else ()
+    report = evaluate_generator(model, schedule, n=a.n, sampler=a.sampler, steps=a.steps, guidance=a.guidance,
+                                guidance_sweep=tuple(a.guidance_sweep), step_sweep=sweep, seed=a.seed,
+                                out_dir=a.out, log=None if a.json else (lambda m: print(m, file=sys.stderr)))
+    if a.out:
+        from generator.checkpoint import save_json
+
+        save_json(report, Path(a.out) / "eval_gen.json")
+    print(json.dumps(report) if a.json else json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_keys_new(a: argparse.Namespace) -> int:
+    from watermark.keys import new_key_file
+
+    key = new_key_file(a.out)
+    print(json.dumps({"key_file": str(a.out), "key_fingerprint": key.fingerprint, "mode": "0600"}))
+    return 0
+
+
+def cmd_watermark_verify(a: argparse.Namespace) -> int:
+    from watermark.verify import verify_files
+
+    key = _load_key(a.key)
+    rows = verify_files(a.paths, key, checkpoint=a.checkpoint, alpha=a.alpha, steps=a.steps, search=not a.no_search,
+                        progress=not a.json)
+    _print_rows(rows, a.json, ["path", "watermarked", "p_value", "payload", "bit_errors_corrected", "error"])
+    return 0
+
+
+def _load_key(path: str):
+    from watermark.keys import load_key
+
+    return load_key(path)
+
+
+def _print_rows(rows: list[dict], as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) if rows else len(c) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +186,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     s.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled model)")
     s.add_argument("--json", action="store_true", help="one JSON line per written file")
+    s.add_argument("--watermark-key", default=None, help="key file (ddpm-guard keys new): embed the watermark")
+    s.add_argument("--payload", default=None, help="hex payload carried by the watermark, up to 32 bits (default 0)")
     s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval-gen", help="FID/KID/precision/recall/class accuracy/memorization of a generator")
+    e.add_argument("--checkpoint", default=None)
+    e.add_argument("--n", type=_positive_int, default=1000)
+    e.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    e.add_argument("--steps", type=_positive_int, default=50)
+    e.add_argument("--guidance", type=float, default=None)
+    e.add_argument("--guidance-sweep", type=float, nargs="*", default=[0.0, 1.0, 2.0, 3.0])
+    e.add_argument("--step-sweep", type=_positive_int, nargs="*", default=None,
+                   help="also FID at these step counts (1000 = DDPM ancestral), with a plot")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default=None, help="folder for eval_gen.json, grids and the plot")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval_gen)
+
+    k = sub.add_parser("keys", help="watermark key files").add_subparsers(dest="keys_command", required=True)
+    kn = k.add_parser("new", help="create a 256-bit secret key file with 0600 permissions")
+    kn.add_argument("--out", required=True)
+    kn.set_defaults(func=cmd_keys_new)
+
+    w = sub.add_parser("watermark", help="verify or evaluate the watermark").add_subparsers(dest="wm_command", required=True)
+    wv = w.add_parser("verify", help="test images for the watermark of a key")
+    wv.add_argument("--key", required=True)
+    wv.add_argument("--alpha", type=float, default=0.01, help="false-positive rate of the decision (default 0.01)")
+    wv.add_argument("--steps", type=_positive_int, default=None, help="DDIM inversion steps (default: measured choice)")
+    wv.add_argument("--no-search", action="store_true", help="skip the rotation search (faster, not robust to rotation)")
+    wv.add_argument("--checkpoint", default=None)
+    wv.add_argument("--json", action="store_true")
+    wv.add_argument("paths", nargs="+")
+    wv.set_defaults(func=cmd_watermark_verify)
     return p
 
 

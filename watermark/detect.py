@@ -10,6 +10,7 @@ corrected with Sidak, 1 - (1 - p)^(N M). Nothing here mutates shared state.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -66,9 +67,13 @@ def read_latent(codec: Codec, x_T: torch.Tensor) -> list[Reading]:
         stat = ((r + g.abs()) // 2).sum(-1) + (pad + c[:, L * r:].sum(-1)) // 2  # (N,)
         n = int(stat.argmax())
         t = int(stat[n])
+        # randomised tail P(T > t) + U P(T = t): exactly uniform under H0 (a discrete statistic's plain
+        # tail is conservative). U is a hash of the read signs, so the same image gives the same p.
+        u = int.from_bytes(hashlib.sha256(yi.to(torch.int8).numpy().tobytes()).digest()[:8], "big") / 2.0**64
+        p = float(sf[t + 1] + u * (sf[t] - sf[t + 1])) if t + 1 < len(sf) else float(u * sf[t])
         bits = (g[n] < 0).to(torch.int8).numpy()  # majority vote: negative sum -> bit 1
         corrected = int(((r - g[n].abs()) // 2).sum())
-        out.append(Reading(max(float(sf[t]), P_FLOOR), t, n, bits, corrected))
+        out.append(Reading(max(p, P_FLOOR), t, n, bits, corrected))
     return out
 
 

@@ -94,3 +94,16 @@ def watermarked_noise(codec: Codec, payload: int, n: int, generator: torch.Gener
     nonces = torch.randint(0, codec.scheme.num_nonces, (n,), generator=generator)
     signs = torch.stack([codec.signs(payload, int(k)) for k in nonces]).float()
     return z.abs() * signs
+
+
+def generate_watermarked(model: torch.nn.Module, schedule, key: WatermarkKey, payload: int, n: int, *,
+                         scheme: Scheme = Scheme(), seed: int = 0, **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Generate n watermarked images with deterministic DDIM (eta = 0, so inversion can find x_T)."""
+    from generator.pipeline import generate
+
+    if kw.get("sampler", "ddim") != "ddim" or kw.get("eta", 0.0) != 0.0:
+        raise GuardError("watermarked generation needs the deterministic DDIM sampler (--sampler ddim --eta 0)")
+    cfg = model.config
+    codec = Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size), scheme)
+    x_T = watermarked_noise(codec, payload, n, torch.Generator().manual_seed(seed))
+    return generate(model, schedule, n, x_T=x_T, seed=seed, **kw)

@@ -1,0 +1,133 @@
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from generator.checkpoint import BUNDLED, load_model
+from generator.errors import GuardError
+from watermark.attacks import jpeg
+from watermark.detect import null_survival, read_latent, sidak, verify
+from watermark.embed import Codec, Scheme, parse_payload, watermarked_noise
+from watermark.keys import WatermarkKey, load_key, new_key_file
+
+SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def key():
+    return WatermarkKey(bytes(range(32)))
+
+
+@pytest.fixture(scope="module")
+def codec(key):
+    return Codec(key, SHAPE)
+
+
+def test_x_T_is_standard_normal(codec):
+    x = watermarked_noise(codec, 0xDEADBEEF, 400, torch.Generator().manual_seed(0)).flatten().numpy()
+    assert stats.kstest(x, "norm").pvalue > 0.01
+    assert abs(x.mean()) < 0.01 and abs(x.std() - 1) < 0.01
+
+
+def test_true_latent_decodes_payload(codec):
+    x = watermarked_noise(codec, 0x1234ABCD, 3, torch.Generator().manual_seed(1))
+    for rd in read_latent(codec, x):
+        assert rd.p_value < 1e-100 and rd.errors_corrected == 0
+        assert int("".join(map(str, rd.message[:32].tolist())), 2) == 0x1234ABCD
+
+
+def test_majority_vote_corrects_flipped_chips(codec):
+    x = watermarked_noise(codec, 0xCAFE, 1, torch.Generator().manual_seed(2))
+    flip = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) < 0.15
+    rd = read_latent(codec, torch.where(flip, -x, x))[0]
+    assert int("".join(map(str, rd.message[:32].tolist())), 2) == 0xCAFE
+    assert rd.errors_corrected > 0
+
+
+def test_wrong_key_is_not_detected(codec):
+    other = Codec(WatermarkKey(bytes(32)), SHAPE)
+    x = watermarked_noise(codec, 7, 20, torch.Generator().manual_seed(4))
+    p = [sidak(r.p_value, other.scheme.num_nonces) for r in read_latent(other, x)]
+    assert min(p) > 0.01
+
+
+def test_null_p_values_are_uniform(codec):
+    x = torch.randn((300, *SHAPE), generator=torch.Generator().manual_seed(5))
+    p = [sidak(r.p_value, codec.scheme.num_nonces) for r in read_latent(codec, x)]
+    assert stats.kstest(p, "uniform").pvalue > 0.001
+
+
+def test_null_law_is_a_distribution():
+    sf = null_survival(40, 19, 24)
+    assert sf[0] == pytest.approx(1.0) and np.all(np.diff(sf) <= 1e-12)
+    assert sf[-1] == pytest.approx(0.5 ** (40 * 18 + 24), rel=1e-6)  # all chips agree
+
+
+def test_payload_parsing():
+    assert parse_payload("0xdeadbeef") == 0xDEADBEEF
+    with pytest.raises(GuardError):
+        parse_payload("zz")
+    with pytest.raises(GuardError):
+        parse_payload("1" * 9)
+
+
+def test_key_file_permissions_and_secrecy(tmp_path):
+    path = tmp_path / "k.key"
+    key = new_key_file(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    secret_hex = path.read_text().split()[1]
+    assert secret_hex not in repr(key) and secret_hex not in str(key)
+    with pytest.raises(GuardError, match="refusing to overwrite"):
+        new_key_file(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(GuardError, match="too open"):
+        load_key(path)
+    os.chmod(path, 0o600)
+    assert load_key(path).fingerprint == key.fingerprint
+    (tmp_path / "bad.key").write_text("ddpm-guard-watermark-key-v1\nnothex\n")
+    os.chmod(tmp_path / "bad.key", 0o600)
+    with pytest.raises(GuardError, match="not a ddpm-guard watermark key") as e:
+        load_key(tmp_path / "bad.key")
+    assert "nothex" not in str(e.value)
+
+
+needs_bundled = pytest.mark.skipif(not (BUNDLED / "model.safetensors").exists(), reason="no bundled model")
+
+
+@needs_bundled
+def test_end_to_end_with_bundled_model(key):
+    from watermark.embed import generate_watermarked
+
+    model, schedule, _ = load_model(device="cpu")
+    x, _ = generate_watermarked(model, schedule, key, 0xABCD0123, 4, seed=0, steps=50)
+    x = jpeg(x, 50)  # saved and re-encoded as JPEG q50
+    codec = Codec(key, SHAPE)
+    v = verify(x, codec, model, schedule, search=False)
+    assert all(r.watermarked for r in v), [r.p_value for r in v]
+    wrong = verify(x, Codec(WatermarkKey(bytes(32)), SHAPE), model, schedule, search=False)
+    assert not any(r.watermarked for r in wrong)
+
+
+@needs_bundled
+def test_cli_never_prints_the_key(tmp_path):
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "api.cli", *a], capture_output=True, text=True, timeout=600)
+
+    k = tmp_path / "k.key"
+    r = run("keys", "new", "--out", str(k))
+    assert r.returncode == 0, r.stderr
+    secret = k.read_text().split()[1]
+    outs = [r]
+    outs.append(run("sample", "--n", "2", "--out", str(tmp_path / "s"), "--watermark-key", str(k), "--payload", "beef", "--json"))
+    outs.append(run("watermark", "verify", "--key", str(k), "--json", "--no-search", str(tmp_path / "s"), str(tmp_path / "missing.png")))
+    for o in outs:
+        assert secret not in o.stdout and secret not in o.stderr
+    assert outs[2].returncode == 0, outs[2].stderr
+    assert '"watermarked": true' in outs[2].stdout and "no such file" in outs[2].stdout
+    bad = run("watermark", "verify", "--key", str(tmp_path / "nokey"), str(tmp_path / "s"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -1,0 +1,60 @@
+"""File-level verification: the function the CLI and the service call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from generator.checkpoint import load_model
+from generator.errors import GuardError
+from generator.image_io import IMAGE_SUFFIXES, load_image
+from watermark.detect import verify
+from watermark.embed import Codec, Scheme
+from watermark.keys import WatermarkKey
+
+DEFAULT_STEPS = 10  # DDIM inversion steps; chosen by measurement (BENCHMARKS.md, watermark section)
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise GuardError(f"{p}: no images found")
+            out.extend(found)
+        else:
+            out.append(p)  # a missing file is reported in its own row
+    return out
+
+
+def verify_files(paths: list[str], key: WatermarkKey, *, checkpoint: str | None = None, alpha: float = 0.01,
+                 steps: int | None = None, search: bool = True, scheme: Scheme = Scheme(),
+                 progress: bool = False) -> list[dict]:
+    """One dict per image: {path, watermarked, p_value, payload, payload_valid, bit_errors_corrected,
+    candidate} or {path, error} for a file that could not be read. Unreadable files don't stop the run."""
+    if not 0 < alpha < 1:
+        raise GuardError(f"--alpha must be between 0 and 1, got {alpha}")
+    model, schedule, _ = load_model(checkpoint)
+    cfg = model.config
+    codec = Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size), scheme)
+    mode = "L" if cfg.in_channels == 1 else "RGB"
+    rows = []
+    for p in tqdm(expand_paths(paths), disable=not progress, desc="verify", leave=False):
+        try:
+            img = load_image(p, mode=mode)
+        except GuardError as e:
+            rows.append({"path": str(p), "error": str(e)})
+            continue
+        v = verify(img[None], codec, model, schedule, alpha=alpha, steps=steps or DEFAULT_STEPS, search=search)[0]
+        rows.append({"path": str(p), "watermarked": v.watermarked, "p_value": v.p_value, "payload": v.payload,
+                     "payload_valid": v.payload_valid, "bit_errors_corrected": v.bit_errors_corrected,
+                     "candidate": v.candidate})
+    return rows
+
+
+def verify_tensor(images: torch.Tensor, key: WatermarkKey, model, schedule, **kw):
+    cfg = model.config
+    return verify(images, Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size)), model, schedule, **kw)
