@@ -120,6 +120,21 @@ def cmd_watermark_verify(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watermark_eval(a: argparse.Namespace) -> int:
+    from generator.checkpoint import load_model, save_json
+    from watermark.evaluate import evaluate_watermark
+
+    key = _load_key(a.key)
+    model, schedule, _ = load_model(a.checkpoint)
+    report = evaluate_watermark(model, schedule, key, n=a.n, n_negative=a.n_negative, steps=a.steps, alpha=a.alpha,
+                                search=a.search, seed=a.seed, out_dir=a.out,
+                                log=None if a.json else (lambda m: print(m, file=sys.stderr)))
+    if a.out:
+        save_json(report, Path(a.out) / "watermark_eval.json")
+    print(json.dumps(report) if a.json else json.dumps(report, indent=2))
+    return 0
+
+
 def _load_key(path: str):
     from watermark.keys import load_key
 
@@ -219,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     wv.add_argument("--json", action="store_true")
     wv.add_argument("paths", nargs="+")
     wv.set_defaults(func=cmd_watermark_verify)
+
+    we = w.add_parser("eval", help="detection power per attack, empirical FPR, bit accuracy, verify time")
+    we.add_argument("--key", required=True)
+    we.add_argument("--n", type=_positive_int, default=500, help="watermarked images per attack")
+    we.add_argument("--n-negative", type=_positive_int, default=10_000, help="clean images for the FPR")
+    we.add_argument("--steps", type=_positive_int, default=10)
+    we.add_argument("--alpha", type=float, default=0.01)
+    we.add_argument("--search", action="store_true", help="include the rotation search (slow)")
+    we.add_argument("--seed", type=int, default=0)
+    we.add_argument("--checkpoint", default=None)
+    we.add_argument("--out", default=None, help="folder for watermark_eval.json and the TPR chart")
+    we.add_argument("--json", action="store_true")
+    we.set_defaults(func=cmd_watermark_eval)
     return p
 
 

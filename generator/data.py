@@ -58,17 +58,24 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(d.target.astype(np.int64))
 
 
-def _folder(path: str, channels: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _folder(path: str, channels: int | None, image_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     files = list_images(path)
     if not files:
         raise GuardError(f"{path}: no images found (looked for png, jpg, webp, gif, bmp, tiff)")
     mode = {None: None, 1: "L", 3: "RGB"}[channels]
     first = load_image(files[0], mode=mode)
-    mode = mode or ("L" if first.shape[0] == 1 else "RGB")
-    out = [first]
+    mode = mode or ("L" if first.shape[0] == 1 else "RGB")  # the first image sets the mode for all
+
+    def fit(img: torch.Tensor) -> torch.Tensor:
+        if image_size is None or img.shape[-2:] == (image_size, image_size):
+            return img
+        return F.interpolate(img[None], size=(image_size, image_size), mode="bilinear", antialias=True,
+                             align_corners=False)[0].clamp(-1, 1)
+
+    out = [fit(first)]
     for f in files[1:]:
-        img = load_image(f, mode=mode)
-        if img.shape != first.shape:
+        img = fit(load_image(f, mode=mode))
+        if img.shape != out[0].shape:
             raise GuardError(f"{f}: size {img.shape[2]}x{img.shape[1]} differs from {files[0].name}'s "
                              f"{first.shape[2]}x{first.shape[1]}; resize the folder to one size or pass --image-size")
         out.append(img)
@@ -90,12 +97,7 @@ def load_dataset(name: str, split: str = "train", *, image_size: int | None = No
         path = name.split(":", 1)[1]
         if split == "heldout":
             raise GuardError("a folder data set has no held-out split; use split 'train' or 'all'")
-        try:
-            x, y = _folder(path, channels)
-        except GuardError as e:
-            if image_size is None or "differs" not in str(e):
-                raise
-            x, y = _folder_resized(path, channels, image_size)
+        x, y = _folder(path, channels, image_size)
     else:
         raise GuardError(f"unknown data set {name!r}; use mnist5k, digits or folder:PATH")
     if channels is not None and x.shape[1] != channels:
@@ -103,11 +105,3 @@ def load_dataset(name: str, split: str = "train", *, image_size: int | None = No
     if image_size is not None and x.shape[-1] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
     return Dataset(x.contiguous(), y, name)
-
-
-def _folder_resized(path: str, channels: int | None, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    files = list_images(path)
-    mode = {None: "RGB", 1: "L", 3: "RGB"}[channels]
-    out = [F.interpolate(load_image(f, mode=mode)[None], size=(size, size), mode="bilinear",
-                         antialias=True, align_corners=False)[0] for f in files]
-    return torch.stack(out).clamp(-1, 1), torch.full((len(out),), -1, dtype=torch.long)

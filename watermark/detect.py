@@ -134,7 +134,8 @@ def verify(images: torch.Tensor, codec: Codec, model: torch.nn.Module, schedule,
     for p, rd, name in best:
         p_adj = sidak(p, m)
         payload, valid = _decode_payload(codec, rd.message)
-        out.append(Verdict(p_adj < alpha, p_adj, payload if valid else None, valid, rd.errors_corrected, name))
+        out.append(Verdict(p_adj < alpha, p_adj, payload if valid else None, valid, rd.errors_corrected, name,
+                           {"decoded_payload": payload}))
     return out
 
 
