@@ -30,5 +30,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest
 
+bench: $(VENV)/.installed-dev
+	$(PIP) install -q diffusers
+	$(PY) bench/speed.py
+
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -6,22 +6,26 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import linalg
 
 MEMORIZATION_RATIO = 1 / 3  # Carlini et al. 2023: nearest neighbour 3x closer than the next one
 
 
+def _sqrt_psd(m: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
 def fid(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to feature sets a and b (Heusel et al. 2017)."""
+    """Frechet distance between Gaussians fitted to feature sets a and b (Heusel et al. 2017).
+
+    Tr sqrt(S1 S2) is computed as the sum of sqrt-eigenvalues of the symmetric PSD matrix
+    S1^1/2 S2 S1^1/2, which is stable when ReLU features make the covariances singular."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():  # singular product: regularise as the reference code does
-        off = np.eye(len(s1)) * 1e-6
-        covmean = linalg.sqrtm((s1 + off) @ (s2 + off))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    r1 = _sqrt_psd(s1)
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(r1 @ s2 @ r1), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
 def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, subset_size: int = 500, seed: int = 0) -> tuple[float, float]:
