@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     e.add_argument("--steps", type=_positive_int, default=50)
     e.add_argument("--guidance", type=float, default=None)
-    e.add_argument("--guidance-sweep", type=float, nargs="*", default=[0.0, 1.0, 2.0, 3.0])
+    e.add_argument("--guidance-sweep", type=float, nargs="*", default=[1.0, 1.5, 2.0, 3.0])
     e.add_argument("--step-sweep", type=_positive_int, nargs="*", default=None,
                    help="also FID at these step counts (1000 = DDPM ancestral), with a plot")
     e.add_argument("--seed", type=int, default=0)

@@ -12,7 +12,7 @@ from generator.classifier import load_classifier, predict
 from generator.data import load_dataset
 from generator.image_io import make_grid, save_image
 from generator.metrics import MEMORIZATION_RATIO, fid, kid, memorization, precision_recall
-from generator.pipeline import generate
+from generator.pipeline import DEFAULT_GUIDANCE, generate
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ def feature_metrics(fake_feats: np.ndarray, real_feats: np.ndarray) -> dict[str,
 
 
 def evaluate_generator(model, schedule, *, n: int = 1000, sampler: str = "ddim", steps: int = 50,
-                       guidance: float = 2.0, guidance_sweep: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0),
+                       guidance: float = DEFAULT_GUIDANCE, guidance_sweep: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0),
                        step_sweep: tuple[int, ...] = (), seed: int = 0, out_dir: str | Path | None = None,
                        classifier_dir: str | Path | None = None, log=None) -> dict:
     log = log or (lambda s: None)
