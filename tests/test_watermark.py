@@ -128,12 +128,15 @@ def test_cli_never_prints_the_key(tmp_path):
     secret = k.read_text().split()[1]
     outs = [r]
     outs.append(run("sample", "--n", "2", "--out", str(tmp_path / "s"), "--watermark-key", str(k), "--payload", "beef", "--json"))
-    outs.append(run("watermark", "verify", "--key", str(k), "--json", "--no-search", str(tmp_path / "s"), str(tmp_path / "missing.png")))
+    (tmp_path / "empty").mkdir()
+    outs.append(run("watermark", "verify", "--key", str(k), "--json", "--no-search", str(tmp_path / "s"),
+                    str(tmp_path / "empty"), str(tmp_path / "missing.png")))
     for o in outs:
         assert secret not in o.stdout and secret not in o.stderr
     assert outs[2].returncode == 0, outs[2].stderr
     rows = [json.loads(line) for line in outs[2].stdout.splitlines()]
-    assert len(rows) == 4 and "no such file" in rows[-1]["error"]  # two samples, grid.png, the missing file
+    # two samples, grid.png, the empty folder and the missing file: bad entries don't stop the run
+    assert len(rows) == 5 and "no images" in rows[-2]["error"] and "no such file" in rows[-1]["error"]
     assert all({"path", "watermarked", "p_value", "payload", "bit_errors_corrected"} <= set(r) for r in rows[:3])
     bad = run("watermark", "verify", "--key", str(tmp_path / "nokey"), str(tmp_path / "s"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -17,16 +17,18 @@ from watermark.keys import WatermarkKey
 DEFAULT_STEPS = 10  # DDIM inversion steps; chosen by measurement (BENCHMARKS.md, watermark section)
 
 
-def expand_paths(paths: list[str]) -> list[Path]:
-    out: list[Path] = []
+def expand_paths(paths: list[str]) -> list[tuple[Path, str | None]]:
+    """Files under each folder, in order; a folder with no images becomes one row with an error,
+    so one bad argument does not stop the run. Missing files are reported when read."""
+    out: list[tuple[Path, str | None]] = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            out.extend((f, None) for f in found)
             if not found:
-                raise GuardError(f"{p}: no images found")
-            out.extend(found)
+                out.append((p, f"{p}: no images found in this folder"))
         else:
-            out.append(p)  # a missing file is reported in its own row
+            out.append((p, None))
     return out
 
 
@@ -42,7 +44,10 @@ def verify_files(paths: list[str], key: WatermarkKey, *, checkpoint: str | None 
     codec = Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size), scheme)
     mode = "L" if cfg.in_channels == 1 else "RGB"
     rows = []
-    for p in tqdm(expand_paths(paths), disable=not progress, desc="verify", leave=False):
+    for p, problem in tqdm(expand_paths(paths), disable=not progress, desc="verify", leave=False):
+        if problem is not None:
+            rows.append({"path": str(p), "error": problem})
+            continue
         try:
             img = load_image(p, mode=mode)
         except GuardError as e:
