@@ -57,9 +57,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     key = payload = None
     if a.watermark_key:
         from watermark.embed import parse_payload
-        from watermark.keys import load_key
 
-        key, payload = load_key(a.watermark_key), parse_payload(a.payload)
+        key, payload = _load_key(a.watermark_key), parse_payload(a.payload)
     elif a.payload is not None:
         raise GuardError("--payload needs --watermark-key")
     model, schedule, _ = load_model(a.checkpoint)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from generator.config import DiffusionConfig, UNetConfig, config_from_dict, config_to_dict
 from generator.errors import GuardError
@@ -45,9 +45,8 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise GuardError(f"{path}: missing; is this a ddpm-guard checkpoint folder?")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return load_file(str(path)), meta
+        with safe_open(str(path), framework="pt") as f:  # one open: metadata and tensors together
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise GuardError(f"{path}: corrupt or not a safetensors file ({e})") from None
 
@@ -56,7 +55,7 @@ def save_json(obj: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
-def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+def read_config(folder: str | os.PathLike, fmt: str = FORMAT) -> dict[str, Any]:
     folder = Path(folder)
     if not folder.is_dir():
         raise GuardError(f"{folder}: no such checkpoint folder")
@@ -67,8 +66,8 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
         cfg = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise GuardError(f"{path}: corrupt JSON ({e})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise GuardError(f"{path}: not a {FORMAT} config")
+    if not isinstance(cfg, dict) or cfg.get("format") != fmt:
+        raise GuardError(f"{path}: not a {fmt} config")
     return cfg
 
 

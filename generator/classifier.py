@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generator.checkpoint import load_tensors, save_json, save_tensors
+from generator.checkpoint import load_tensors, read_config, save_json, save_tensors
 from generator.errors import GuardError
 
 CLASSIFIER_FORMAT = "ddpm-guard/digit-classifier-v1"
@@ -89,7 +89,7 @@ def save_classifier(net: DigitNet, folder: str | Path, extra: dict | None = None
 
 def load_classifier(folder: str | Path | None = None, device: str | torch.device = "cpu") -> DigitNet:
     folder = Path(folder) if folder is not None else BUNDLED_CLASSIFIER
-    cfg = read_config_any(folder)
+    cfg = read_config(folder, CLASSIFIER_FORMAT)
     net = DigitNet(**cfg["model"])
     tensors, _ = load_tensors(folder / "model.safetensors")
     try:
@@ -97,21 +97,6 @@ def load_classifier(folder: str | Path | None = None, device: str | torch.device
     except RuntimeError as e:
         raise GuardError(f"{folder}: classifier weights do not match its config ({str(e).splitlines()[0]})") from None
     return net.to(device).eval()
-
-
-def read_config_any(folder: Path) -> dict:
-    import json
-
-    p = Path(folder) / "config.json"
-    if not p.is_file():
-        raise GuardError(f"{p}: missing; is this a ddpm-guard classifier folder?")
-    try:
-        cfg = json.loads(p.read_text())
-    except ValueError as e:
-        raise GuardError(f"{p}: corrupt JSON ({e})") from None
-    if cfg.get("format") != CLASSIFIER_FORMAT:
-        raise GuardError(f"{p}: not a {CLASSIFIER_FORMAT} config")
-    return cfg
 
 
 @torch.inference_mode()

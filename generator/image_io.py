@@ -35,9 +35,9 @@ def decode_image(data: bytes, *, mode: str | None = None, name: str = "image",
         raise GuardError(f"{name}: {len(data)} bytes is over the {max_bytes}-byte limit")
     if not data:
         raise GuardError(f"{name}: the file is empty")
-    old_max = Image.MAX_IMAGE_PIXELS
+    # the per-call pixel cap is checked from the header below; Pillow's process-wide
+    # MAX_IMAGE_PIXELS stays at its default (mutating it per call races between threads)
     try:
-        Image.MAX_IMAGE_PIXELS = min(max_pixels, old_max or max_pixels)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
@@ -54,8 +54,6 @@ def decode_image(data: bytes, *, mode: str | None = None, name: str = "image",
         raise GuardError(f"{name}: not an image in an allowed format ({', '.join(ALLOWED_FORMATS)})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise GuardError(f"{name}: corrupt or truncated image ({e})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_max
     return _normalise_mode(img, mode)
 
 

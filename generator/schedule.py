@@ -38,7 +38,7 @@ def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
 
 def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] reshaped to broadcast over an image batch like `like`."""
-    out = values.to(like.device)[t.to(like.device).long()].to(like.dtype)
+    out = values[t.reshape(-1).long().cpu()].to(like.device, like.dtype)  # move B values, not the table
     return out.reshape(-1, *([1] * (like.dim() - 1)))
 
 
@@ -53,6 +53,7 @@ class NoiseSchedule:
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self._alpha_bar_from_minus_one = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
         # beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)  (Ho et al. Eq. 7)
@@ -82,6 +83,4 @@ class NoiseSchedule:
 
     def alpha_bar(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """abar_t with abar_{-1} = 1 (the DDIM convention for the last step)."""
-        t = torch.as_tensor(t).reshape(-1)
-        ab = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
-        return _gather(ab, t + 1, like)
+        return _gather(self._alpha_bar_from_minus_one, torch.as_tensor(t).reshape(-1) + 1, like)

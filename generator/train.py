@@ -87,7 +87,7 @@ class Trainer:
             train.max_steps = max_steps
         self = cls(out_dir, config_from_dict(UNetConfig, cfg["unet"]),
                    config_from_dict(DiffusionConfig, cfg["diffusion"]), train, device, log)
-        self._load_state()
+        self._load_state(cfg.get("step"))
         return self
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
@@ -109,10 +109,9 @@ class Trainer:
         save_model(self.out, self.model, self.diff_cfg, weights=self.ema.shadow,
                    extra={"train": config_to_dict(self.cfg), "step": self.step, "weights": "ema"})
 
-    def _load_state(self) -> None:
+    def _load_state(self, cfg_step: int | None) -> None:
         tensors, meta = load_tensors(self.out / STATE_NAME)
         step = int(meta.get("step", -1))
-        cfg_step = read_config(self.out).get("step")
         if step != cfg_step:
             raise GuardError(f"{self.out}: train state is at step {step} but config.json at {cfg_step}; "
                              "the run folder is inconsistent")
@@ -158,15 +157,16 @@ class Trainer:
                 g["lr"] = self.lr_at(self.step)
             loss = train_step(model, self.schedule, images[idx], labels[idx] if labels is not None else None,
                               cfg, self.gen)
-            if not math.isfinite(loss.item()):
-                raise RuntimeError(f"loss became {loss.item()} at step {self.step}; lower --lr")
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise RuntimeError(f"loss became {loss_value} at step {self.step}; lower --lr")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.opt.step()
             self.step += 1
             self.ema.update(model, self.step)
-            loss_sum, n_sum = loss_sum + loss.item(), n_sum + 1
+            loss_sum, n_sum = loss_sum + loss_value, n_sum + 1
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 now = time.time()
                 last = {"step": self.step, "loss": loss_sum / n_sum, "grad_norm": float(gnorm),

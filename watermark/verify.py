@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from generator.checkpoint import load_model
 from generator.errors import GuardError
-from generator.image_io import IMAGE_SUFFIXES, load_image
+from generator.image_io import list_images, load_image
 from watermark.detect import verify
 from watermark.embed import Codec, Scheme
 from watermark.keys import WatermarkKey
@@ -23,7 +22,7 @@ def expand_paths(paths: list[str]) -> list[tuple[Path, str | None]]:
     out: list[tuple[Path, str | None]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = list_images(p)
             out.extend((f, None) for f in found)
             if not found:
                 out.append((p, f"{p}: no images found in this folder"))
@@ -58,8 +57,3 @@ def verify_files(paths: list[str], key: WatermarkKey, *, checkpoint: str | None 
                      "payload_valid": v.payload_valid, "bit_errors_corrected": v.bit_errors_corrected,
                      "candidate": v.candidate})
     return rows
-
-
-def verify_tensor(images: torch.Tensor, key: WatermarkKey, model, schedule, **kw):
-    cfg = model.config
-    return verify(images, Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size)), model, schedule, **kw)
