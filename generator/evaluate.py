@@ -10,14 +10,9 @@ import torch
 
 from generator.classifier import load_classifier, predict
 from generator.data import load_dataset
-from generator.image_io import make_grid, save_image
+from generator.image_io import make_grid, quantize, save_image
 from generator.metrics import MEMORIZATION_RATIO, fid, kid, memorization, precision_recall
 from generator.pipeline import DEFAULT_GUIDANCE, generate
-
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Round to 8-bit levels, as a saved PNG would be: metrics see what users get."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
 
 
 def feature_metrics(fake_feats: np.ndarray, real_feats: np.ndarray) -> dict[str, float]:

@@ -106,6 +106,11 @@ def load_image(path: str | os.PathLike, *, mode: str | None = None, max_bytes: i
                                   max_bytes=max_bytes, max_pixels=max_pixels))
 
 
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Round to the 8-bit levels a saved PNG holds, staying a tensor in [-1, 1]."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [-1, 1] -> (H, W) or (H, W, C) uint8, rounded, clamped (no wrap-around)."""
     arr = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()

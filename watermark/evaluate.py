@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from generator.data import load_dataset
-from generator.evaluate import quantize
+from generator.image_io import quantize
 from generator.pipeline import generate
 from watermark.attacks import ATTACKS, TREE_RING_SIX
 from watermark.detect import verify

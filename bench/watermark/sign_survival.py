@@ -7,7 +7,7 @@ import torch, math
 from generator.checkpoint import load_model
 from generator.pipeline import generate
 from generator.samplers import ddim_invert
-from generator.evaluate import quantize
+from generator.image_io import quantize
 model, sched, _ = load_model()
 n = 64
 xT = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(7))
