@@ -134,6 +134,48 @@ def cmd_watermark_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detect(a: argparse.Namespace) -> int:
+    from detector.predict import detect_files, load_detector
+
+    det = load_detector(a.detector)
+    rows = detect_files(a.paths, det, zero_shot=a.zero_shot, progress=not a.json)
+    if a.json:
+        _print_rows(rows, True, [])
+    else:
+        flat = [{**{k: v for k, v in r.items() if k != "scores"}, **r.get("scores", {})} for r in rows]
+        cols = ["path", "synthetic", "p_synthetic", "classifier"] + (["dire", "fused"] if a.zero_shot else []) + ["error"]
+        _print_rows(flat, False, cols)
+    return 0
+
+
+def cmd_detector_train(a: argparse.Namespace) -> int:
+    from detector.model import DetectorConfig
+    from detector.train import fit_detector
+
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    det = fit_detector(DetectorConfig(input=a.input), epochs=a.epochs, seed=a.seed, zero_shot=not a.no_zero_shot,
+                       generator_checkpoint=a.checkpoint, log=log)
+    det.save(a.out)
+    print(json.dumps({"out": str(a.out), "threshold": det.threshold, "fusion_threshold": det.fusion_threshold}))
+    return 0
+
+
+def cmd_detector_eval(a: argparse.Namespace) -> int:
+    from generator.checkpoint import load_model, save_json
+    from detector.evaluate import evaluate_detector
+    from detector.predict import load_detector
+    from detector.train import FAKE_CACHE
+
+    det = load_detector(a.detector)
+    model, schedule, _ = load_model(a.checkpoint)
+    report = evaluate_detector(det, model, schedule, seed=a.seed, cache=FAKE_CACHE, zero_shot_n=a.zero_shot_n,
+                               out_dir=a.out, log=None if a.json else (lambda m: print(m, file=sys.stderr)))
+    if a.out:
+        save_json(report, Path(a.out) / "detector_eval.json")
+    print(json.dumps(report) if a.json else json.dumps(report, indent=2))
+    return 0
+
+
 def _load_key(path: str):
     from watermark.keys import load_key
 
@@ -191,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int, default=64)
     s.add_argument("--out", required=True, help="folder for one PNG per sample plus grid.png")
     s.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    s.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (DDPM always runs all T)")
+    s.add_argument("--steps", type=_positive_int, default=None,
+                   help="sampling steps (default: 50 for DDIM, all 1000 for DDPM; fewer DDPM steps respace the chain)")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
     s.add_argument("--variance", choices=["beta_tilde", "beta"], default="beta_tilde", help="DDPM sigma^2")
     s.add_argument("--label", type=int, default=None, help="class to draw; default spreads over all classes")
@@ -246,6 +289,32 @@ def build_parser() -> argparse.ArgumentParser:
     we.add_argument("--out", default=None, help="folder for watermark_eval.json and the TPR chart")
     we.add_argument("--json", action="store_true")
     we.set_defaults(func=cmd_watermark_eval)
+
+    d = sub.add_parser("detect", help="score images for diffusion-generated content (files or folders)")
+    d.add_argument("paths", nargs="+")
+    d.add_argument("--zero-shot", action="store_true",
+                   help="add the DIRE reconstruction score and the fused verdict (about 20 generator passes per image)")
+    d.add_argument("--detector", default=None, help="detector folder (default: the bundled detector)")
+    d.add_argument("--json", action="store_true", help="one JSON object per image")
+    d.set_defaults(func=cmd_detect)
+
+    dt = sub.add_parser("detector", help="train or evaluate the detector").add_subparsers(dest="det_command", required=True)
+    dtr = dt.add_parser("train", help="make fakes with the generator, train, calibrate and save a detector")
+    dtr.add_argument("--out", required=True, help="folder for model.safetensors and config.json")
+    dtr.add_argument("--input", choices=["raw", "npr", "both"], default="npr", help="network input (default npr)")
+    dtr.add_argument("--epochs", type=_positive_int, default=12)
+    dtr.add_argument("--seed", type=int, default=0)
+    dtr.add_argument("--no-zero-shot", action="store_true", help="skip fitting the DIRE fusion")
+    dtr.add_argument("--checkpoint", default=None, help="generator checkpoint (default: the bundled model)")
+    dtr.set_defaults(func=cmd_detector_train)
+    dev = dt.add_parser("eval", help="AUC/AP/TPR@1%%FPR per fake source and perturbation, zero-shot, ROC plot")
+    dev.add_argument("--detector", default=None)
+    dev.add_argument("--checkpoint", default=None, help="generator checkpoint (default: the bundled model)")
+    dev.add_argument("--zero-shot-n", type=int, default=60, help="fakes per source for the zero-shot comparison (0 skips)")
+    dev.add_argument("--seed", type=int, default=0)
+    dev.add_argument("--out", default=None, help="folder for detector_eval.json and detector_roc.png")
+    dev.add_argument("--json", action="store_true")
+    dev.set_defaults(func=cmd_detector_eval)
     return p
 
 

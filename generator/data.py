@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from generator.errors import GuardError
-from generator.image_io import list_images, load_image
+from generator.image_io import fit_to, list_images, load_image
 
 MNIST_TRAIN_PER_DIGIT = 400
 SPLITS = ("train", "heldout", "all")
@@ -67,10 +66,9 @@ def _folder(path: str, channels: int | None, image_size: int | None) -> tuple[to
     mode = mode or ("L" if first.shape[0] == 1 else "RGB")  # the first image sets the mode for all
 
     def fit(img: torch.Tensor) -> torch.Tensor:
-        if image_size is None or img.shape[-2:] == (image_size, image_size):
+        if image_size is None:
             return img
-        return F.interpolate(img[None], size=(image_size, image_size), mode="bilinear", antialias=True,
-                             align_corners=False)[0].clamp(-1, 1)
+        return fit_to(img[None], (img.shape[0], image_size, image_size))[0]
 
     out = [fit(first)]
     for f in files[1:]:
@@ -100,8 +98,6 @@ def load_dataset(name: str, split: str = "train", *, image_size: int | None = No
         x, y = _folder(path, channels, image_size)
     else:
         raise GuardError(f"unknown data set {name!r}; use mnist5k, digits or folder:PATH")
-    if channels is not None and x.shape[1] != channels:
-        x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1).contiguous()
-    if image_size is not None and x.shape[-1] != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
-    return Dataset(x.contiguous(), y, name)
+    c, h, w = x.shape[1:]
+    shape = (channels or c, image_size or h, image_size or w)
+    return Dataset(x.contiguous() if shape == (c, h, w) else fit_to(x, shape), y, name)

@@ -153,3 +153,32 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not p.is_dir():
         raise GuardError(f"{p}: not a folder")
     return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def fit_to(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Any-size, any-channel images in [-1, 1] -> a model's (C, H, W): grey by channel mean, colour by
+    repetition, resized bilinear with antialiasing."""
+    import torch.nn.functional as F
+
+    c, h, w = shape
+    x = images.float()
+    if x.shape[1] != c:
+        x = x.mean(1, keepdim=True) if c == 1 else x.expand(-1, c, -1, -1)
+    if x.shape[-2:] != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(-1, 1).contiguous()
+
+
+def expand_paths(paths: list[str]) -> list[tuple[Path, str | None]]:
+    """Files under each folder, in order; a folder with no images becomes one row with an error,
+    so one bad argument does not stop the run. Missing files are reported when read."""
+    out: list[tuple[Path, str | None]] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = list_images(p)
+            out.extend((f, None) for f in found)
+            if not found:
+                out.append((p, f"{p}: no images found in this folder"))
+        else:
+            out.append((p, None))
+    return out

@@ -35,7 +35,7 @@ def resolve_labels(model: nn.Module, n: int, label: int | None) -> torch.Tensor 
 
 def generate(model: nn.Module, schedule: NoiseSchedule, n: int, *, label: int | None = None,
              labels: torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE, sampler: str = "ddim",
-             steps: int = 50, eta: float = 0.0, variance: str = "beta_tilde", seed: int = 0,
+             steps: int | None = None, eta: float = 0.0, variance: str = "beta_tilde", seed: int = 0,
              x_T: torch.Tensor | None = None, batch_size: int = 256, precision: str = "fp32",
              progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n images in [-1, 1] (CPU) and their labels. The same seed gives the same images.
@@ -45,7 +45,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, *, label: int | 
     """
     if n < 1:
         raise GuardError(f"--n must be at least 1, got {n}")
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise GuardError(f"--steps must be at least 1, got {steps}")
     cfg = model.config
     shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)

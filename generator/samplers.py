@@ -8,6 +8,7 @@ gives the same noise on every device.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable
 
 import torch
@@ -33,6 +34,13 @@ def timesteps_for(num_timesteps: int, steps: int) -> list[int]:
     return sorted({int(t) for t in grid.clamp(min=0)}, reverse=True)
 
 
+def default_steps(schedule: NoiseSchedule, sampler: str, steps: int | None) -> int:
+    """None means the sampler's usual length: 50 for DDIM, the full chain T for DDPM."""
+    if steps is not None:
+        return steps
+    return schedule.num_timesteps if sampler == "ddpm" else 50
+
+
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -54,20 +62,31 @@ def guided_eps(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch
     return eps_u + guidance * (eps_c - eps_u)
 
 
-def ddpm_step(eps: torch.Tensor, t: int, x: torch.Tensor, schedule: NoiseSchedule,
+def ddpm_step(eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, schedule: NoiseSchedule,
               generator: torch.Generator | None, variance: str = "beta_tilde", clip_x0: bool = True) -> torch.Tensor:
-    tt = torch.full((x.shape[0],), t, dtype=torch.long)
+    """One ancestral step t -> t_prev. With t_prev = t - 1 this is Ho et al.'s step; on a shorter grid it
+    is the same step for the respaced chain whose betas are 1 - abar_t / abar_prev (Nichol & Dhariwal
+    2021, Sec. 4), so DDPM can run in 100 steps as well as 1000."""
+    # scalar coefficients in float64: 1 - abar_t / abar_prev is ~1e-4 and float32 would lose it
+    ab_t = float(schedule.alphas_cumprod[t])
+    ab_prev = float(schedule.alphas_cumprod[t_prev]) if t_prev >= 0 else 1.0
+    beta = 1 - ab_t / ab_prev  # the respaced beta_t (= beta_t itself on the full grid)
     # 1. x_0 from the predicted noise (Ho et al. Eq. 4 inverted); clipping keeps it in the data range
-    x0 = schedule.predict_x0(x, eps, tt)
+    x0 = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
     if clip_x0:
         x0 = x0.clamp(-1, 1)
     # 2. posterior mean mu~_t(x_t, x_0) (Eq. 7)
-    mean = schedule.posterior_mean(x0, x, tt)
-    if t == 0:
+    mean = (math.sqrt(ab_prev) * beta / (1 - ab_t)) * x0 + (math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t)) * x
+    if t_prev < 0:
         return mean
     # 3. x_{t-1} = mu + sigma_t z with sigma_t^2 = beta_t or beta~_t (Sec. 3.2)
-    var = schedule.reverse_variance(tt, x, variance)
-    return mean + var.sqrt() * randn(tuple(x.shape), generator, x.device)
+    if variance == "beta":
+        var = beta
+    elif variance == "beta_tilde":
+        var = beta * (1 - ab_prev) / (1 - ab_t)
+    else:
+        raise GuardError(f"unknown variance {variance!r}; use 'beta' or 'beta_tilde'")
+    return mean + math.sqrt(var) * randn(tuple(x.shape), generator, x.device)
 
 
 def ddim_step(eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, schedule: NoiseSchedule,
@@ -101,13 +120,14 @@ def _check_labels(model: nn.Module, labels: torch.Tensor | None) -> None:
 @torch.inference_mode()
 def sample(model: nn.Module, schedule: NoiseSchedule, shape: tuple[int, ...], *,
            labels: torch.Tensor | None = None, guidance: float = 1.0, x_T: torch.Tensor | None = None,
-           sampler: str = "ddim", steps: int = 50, eta: float = 0.0, variance: str = "beta_tilde",
+           sampler: str = "ddim", steps: int | None = None, eta: float = 0.0, variance: str = "beta_tilde",
            clip_x0: bool = True, generator: torch.Generator | None = None, precision: str = "fp32",
            progress: bool = False, callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Draw images in [-1, 1] of `shape` (B, C, H, W).
 
     `x_T` replaces the initial noise (the watermark's hook). `labels` (B,) selects classes; None is
-    unconditional. `sampler="ddpm"` runs all T ancestral steps and ignores `steps` and `eta`.
+    unconditional. `steps` defaults to 50 for DDIM and to all T for DDPM (ancestral; fewer steps run
+    the respaced chain). `eta` applies to DDIM only.
     """
     if sampler not in SAMPLERS:
         raise GuardError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
@@ -123,15 +143,15 @@ def sample(model: nn.Module, schedule: NoiseSchedule, shape: tuple[int, ...], *,
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
         x = x_T.to(device, torch.float32)
     labels = labels.to(device) if labels is not None else None
-    grid = list(range(schedule.num_timesteps - 1, -1, -1)) if sampler == "ddpm" else timesteps_for(schedule.num_timesteps, steps)
+    grid = timesteps_for(schedule.num_timesteps, default_steps(schedule, sampler, steps))
     with autocast_for(device, precision):
         for i, t in enumerate(tqdm(grid, disable=not progress, desc=f"{sampler} sampling", leave=False)):
             tt = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
             eps = guided_eps(model, x, tt, labels, guidance)
+            t_prev = grid[i + 1] if i + 1 < len(grid) else -1
             if sampler == "ddpm":
-                x = ddpm_step(eps, t, x, schedule, generator, variance, clip_x0)
+                x = ddpm_step(eps, t, t_prev, x, schedule, generator, variance, clip_x0)
             else:
-                t_prev = grid[i + 1] if i + 1 < len(grid) else -1
                 x = ddim_step(eps, t, t_prev, x, schedule, eta, generator, clip_x0)
             if callback is not None:
                 callback(t, x)
@@ -163,3 +183,26 @@ def ddim_invert(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, ste
             x0_pred = (x - (1 - ab_prev).sqrt() * eps) / ab_prev.sqrt()
             x = ab_t.sqrt() * x0_pred + (1 - ab_t).sqrt() * eps
     return x
+
+
+@torch.inference_mode()
+def denoise_from(model: nn.Module, schedule: NoiseSchedule, x_t: torch.Tensor, t_start: int, steps: int = 10, *,
+                 labels: torch.Tensor | None = None, guidance: float = 1.0, precision: str = "fp32") -> torch.Tensor:
+    """Deterministic DDIM from x_t at timestep t_start down to a clean image (SDEdit, Meng et al. 2022).
+
+    With x_t = add_noise(real, noise, t_start) this gives an image that keeps the real one's layout but
+    carries the generator's traces: the 'aligned' fakes a detector trains on."""
+    if not 0 <= t_start < schedule.num_timesteps:
+        raise GuardError(f"t_start must be between 0 and {schedule.num_timesteps - 1}, got {t_start}")
+    _check_labels(model, labels)
+    device = next(model.parameters()).device
+    model.eval()
+    x = x_t.to(device, torch.float32)
+    labels = labels.to(device) if labels is not None else None
+    grid = timesteps_for(t_start + 1, min(steps, t_start + 1))  # the same trailing grid over [0, t_start]
+    with autocast_for(device, precision):
+        for i, t in enumerate(grid):
+            tt = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
+            eps = guided_eps(model, x, tt, labels, guidance)
+            x = ddim_step(eps, t, grid[i + 1] if i + 1 < len(grid) else -1, x, schedule, clip_x0=True)
+    return x.clamp(-1, 1)

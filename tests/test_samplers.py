@@ -98,3 +98,40 @@ def test_ddim_inversion_round_trip(trained_tiny, digits):
     rec = sample(model, schedule, tuple(x0.shape), x_T=x_T, steps=50, clip_x0=False)
     err = (rec - x0).pow(2).mean().item()
     assert err < 0.05 * x0.var().item(), err
+
+
+def test_ddpm_step_on_the_full_grid_is_ho_et_al(schedule):
+    """With t_prev = t - 1 the respaced step reduces to the precomputed posterior (Eq. 7) and sigma^2."""
+    from generator.samplers import ddpm_step
+
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    for t in (999, 500, 1):
+        tt = torch.full((3,), t)
+        x0 = schedule.predict_x0(x, eps, tt).clamp(-1, 1)
+        for v in ("beta", "beta_tilde"):
+            got = ddpm_step(eps, t, t - 1, x, schedule, torch.Generator().manual_seed(5), v)
+            z = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+            want = schedule.posterior_mean(x0, x, tt) + schedule.reverse_variance(tt, x, v).sqrt() * z
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(ddpm_step(eps, 0, -1, x, schedule, None), schedule.predict_x0(x, eps, torch.zeros(3, dtype=torch.long)).clamp(-1, 1), atol=1e-5)
+
+
+def test_respaced_ddpm_calls_the_model_steps_times(schedule):
+    m = _model()
+    calls = []
+    m.register_forward_hook(lambda *a: calls.append(1))
+    sample(m, schedule, (2, 1, 8, 8), sampler="ddpm", steps=7, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 7
+
+
+def test_denoise_from_shape_bounds_and_range_check(schedule):
+    from generator.samplers import denoise_from
+
+    m = _model()
+    x0 = torch.rand(2, 1, 8, 8) * 2 - 1
+    x_t = schedule.add_noise(x0, torch.randn_like(x0), torch.full((2,), 20))
+    out = denoise_from(m, schedule, x_t, 20, steps=4)
+    assert out.shape == x0.shape and out.min() >= -1 and out.max() <= 1
+    with pytest.raises(GuardError):
+        denoise_from(m, schedule, x_t, 1000)

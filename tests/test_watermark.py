@@ -11,7 +11,7 @@ from scipy import stats
 
 from generator.checkpoint import BUNDLED, load_model
 from generator.errors import GuardError
-from watermark.attacks import jpeg
+from generator.perturb import jpeg
 from watermark.detect import null_survival, read_latent, sidak, verify
 from watermark.embed import Codec, Scheme, parse_payload, watermarked_noise
 from watermark.keys import WatermarkKey, load_key, new_key_file

@@ -1,96 +1,21 @@
 """The robustness suite: Tree-Ring's six attacks (Wen et al. 2023) scaled to small images, plus
-resize x0.5 and a 3x3 median filter.
+resize x0.5 and a 3x3 median filter. The image operations live in generator.perturb (the detector
+uses them too); this module names the suite.
 
 Every attack takes a batch (B, C, H, W) in [-1, 1] and a torch.Generator and returns a batch in
-[-1, 1] of the same shape. Pixel arithmetic happens in float on [0, 1] and is clamped, never
-wrapped around through uint8 (a known bug in the anchors' noise attack). JPEG goes through a real
-encoder and back through the project's safe decoder.
+[-1, 1] of the same shape.
 """
 
 from __future__ import annotations
 
-import io
-import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
-from generator.image_io import decode_image, to_pil, to_tensor
+from generator.perturb import (gaussian_blur, gaussian_noise, jpeg, median_filter, random_brightness,
+                               random_resized_crop, resize_and_back, rotate)
 
 Attack = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def _to01(x: torch.Tensor) -> torch.Tensor:
-    return (x + 1) / 2
-
-
-def _from01(x: torch.Tensor) -> torch.Tensor:
-    return x.clamp(0, 1) * 2 - 1
-
-
-def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
-    """Rotate about the centre; uncovered corners are black, as in torchvision's default fill."""
-    return TF.rotate(x, degrees, interpolation=TF.InterpolationMode.BILINEAR, fill=-1.0).clamp(-1, 1)
-
-
-def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    out = []
-    for img in x:
-        buf = io.BytesIO()
-        to_pil(img).save(buf, format="JPEG", quality=quality)
-        out.append(to_tensor(decode_image(buf.getvalue(), mode="L" if img.shape[0] == 1 else "RGB")))
-    return torch.stack(out)
-
-
-def random_resized_crop(x: torch.Tensor, gen: torch.Generator, scale: float = 0.75, ratio: float = 0.75) -> torch.Tensor:
-    """torchvision's RandomResizedCrop with scale and ratio pinned, as Tree-Ring runs it: a crop of
-    `scale` of the area with aspect `ratio`, at a random place, resized back to the full size."""
-    _, _, h, w = x.shape
-    cw = min(w, max(1, round(math.sqrt(scale * h * w * ratio))))
-    ch = min(h, max(1, round(math.sqrt(scale * h * w / ratio))))
-    out = []
-    for img in x:
-        top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-        left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-        crop = img[None, :, top:top + ch, left:left + cw]
-        out.append(F.interpolate(crop, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0])
-    return torch.stack(out).clamp(-1, 1)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
-    k = 2 * math.ceil(3 * sigma) + 1
-    return TF.gaussian_blur(x, kernel_size=[k, k], sigma=[sigma, sigma]).clamp(-1, 1)
-
-
-def gaussian_noise(x: torch.Tensor, gen: torch.Generator, std: float = 0.1) -> torch.Tensor:
-    """Additive N(0, std^2) on [0, 1] pixels, clamped to [0, 1] (no uint8 wrap-around)."""
-    return _from01(_to01(x) + std * torch.randn(x.shape, generator=gen))
-
-
-def brightness(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Multiply [0, 1] pixels by `factor` and clamp: torchvision's adjust_brightness."""
-    return _from01(_to01(x) * factor)
-
-
-def random_brightness(x: torch.Tensor, gen: torch.Generator, low: float = 0.0, high: float = 6.0) -> torch.Tensor:
-    f = low + (high - low) * torch.rand(len(x), generator=gen)
-    return _from01(_to01(x) * f[:, None, None, None])
-
-
-def resize_half(x: torch.Tensor) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    small = F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True, align_corners=False)
-    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).clamp(-1, 1)
-
-
-def median_filter(x: torch.Tensor, size: int = 3) -> torch.Tensor:
-    p = size // 2
-    padded = F.pad(x, (p, p, p, p), mode="reflect")
-    patches = padded.unfold(2, size, 1).unfold(3, size, 1)  # (B, C, H, W, k, k)
-    return patches.reshape(*x.shape, size * size).median(dim=-1).values
-
 
 ATTACKS: dict[str, Attack] = {
     "clean": lambda x, g: x,
@@ -102,7 +27,7 @@ ATTACKS: dict[str, Attack] = {
     "blur1": lambda x, g: gaussian_blur(x, 1.0),
     "noise0.1": gaussian_noise,
     "brightness0-6": random_brightness,
-    "resize0.5": lambda x, g: resize_half(x),
+    "resize0.5": lambda x, g: resize_and_back(x, 0.5),
     "median3": lambda x, g: median_filter(x, 3),
 }
 # Tree-Ring's six attacks (rotation at 75 degrees, its setting), for the headline average

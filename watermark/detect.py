@@ -17,9 +17,10 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.special import comb
 
+from generator.image_io import fit_to
+from generator.perturb import rotate
 from generator.samplers import ddim_invert
 from watermark.embed import Codec
 
@@ -93,29 +94,12 @@ def rotation_candidates(step: float = 7.5, max_angle: float = 90.0) -> list[tupl
     return [("identity", 0.0)] + [(f"rotate({-a:+g})", float(a)) for a in sorted(angles, key=abs)]
 
 
-def _prepare(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Any-size, any-channel images in [-1, 1] -> the model's (C, H, W)."""
-    c, h, w = shape
-    x = images.float()
-    if x.shape[1] != c:
-        x = x.mean(1, keepdim=True) if c == 1 else x.expand(-1, c, -1, -1)
-    if x.shape[-2:] != (h, w):
-        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp(-1, 1)
-
-
-def _rotate(x: torch.Tensor, angle: float) -> torch.Tensor:
-    from torchvision.transforms.v2.functional import rotate
-
-    return x if angle == 0 else rotate(x, angle, fill=-1.0)
-
-
 def verify(images: torch.Tensor, codec: Codec, model: torch.nn.Module, schedule, *, alpha: float = 0.01,
            steps: int = 10, search: bool = True, rotation_step: float = 7.5, batch_size: int = 128) -> list[Verdict]:
     """Verify (B, C, H, W) images in [-1, 1]. With `search`, images not detected as they are get a
     second pass under inverse rotations; the correction counts every candidate of that search, so
     the false-positive rate stays at alpha whether or not the second pass runs."""
-    x = _prepare(images, codec.shape)
+    x = fit_to(images, codec.shape)
     cands = rotation_candidates(rotation_step) if search else [("identity", 0.0)]
     m = codec.scheme.num_nonces * len(cands)
     best: list[tuple[float, Reading, str]] = [(2.0, None, "")] * len(x)  # type: ignore[list-item]
@@ -123,7 +107,7 @@ def verify(images: torch.Tensor, codec: Codec, model: torch.nn.Module, schedule,
     for name, angle in cands:
         if not todo:
             break
-        batch = _rotate(x[todo], angle)
+        batch = x[todo] if angle == 0 else rotate(x[todo], angle)
         lat = torch.cat([ddim_invert(model, schedule, batch[i:i + batch_size], steps) for i in range(0, len(batch), batch_size)])
         for i, rd in zip(todo, read_latent(codec, lat.cpu())):
             if rd.p_value < best[i][0]:

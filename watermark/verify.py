@@ -8,27 +8,12 @@ from tqdm.auto import tqdm
 
 from generator.checkpoint import load_model
 from generator.errors import GuardError
-from generator.image_io import list_images, load_image
+from generator.image_io import expand_paths, load_image
 from watermark.detect import verify
 from watermark.embed import Codec, Scheme
 from watermark.keys import WatermarkKey
 
 DEFAULT_STEPS = 10  # DDIM inversion steps; chosen by measurement (BENCHMARKS.md, watermark section)
-
-
-def expand_paths(paths: list[str]) -> list[tuple[Path, str | None]]:
-    """Files under each folder, in order; a folder with no images becomes one row with an error,
-    so one bad argument does not stop the run. Missing files are reported when read."""
-    out: list[tuple[Path, str | None]] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = list_images(p)
-            out.extend((f, None) for f in found)
-            if not found:
-                out.append((p, f"{p}: no images found in this folder"))
-        else:
-            out.append((p, None))
-    return out
 
 
 def verify_files(paths: list[str], key: WatermarkKey, *, checkpoint: str | None = None, alpha: float = 0.01,

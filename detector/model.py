@@ -1,0 +1,73 @@
+"""The detector network: a timm ResNet adapted to small images (stride-free stem), optionally on an NPR residual input.
+
+- No early striding: timm's ResNet stem (7x7 stride-2 conv + stride-2 max-pool) divides a 28x28 image
+  by 4 before the first block and averages away the high frequencies where generator traces live
+  (Corvi et al. 2023 remove it for this reason). We use timm's deep 3x3 stem at stride 1 and no pool.
+- NPR input (Tan et al., CVPR 2024): x - up(down(x)) with nearest-neighbour resampling by 2. It keeps
+  only the local pixel correlations that up-sampling layers leave behind, and trains from scratch.
+- input "both" stacks the image and its residual as channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INPUTS = ("raw", "npr", "both")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    arch: str = "resnet18"  # a timm ResNet name; `layers` and `channels` below override its depth and width
+    layers: tuple[int, ...] = (1, 1, 1, 1)  # blocks per stage: shallow, for 28x28 digits and a 2-core CPU
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # stage widths: ~0.7 M parameters
+    input: str = "npr"  # raw | npr | both (see the module docstring)
+    in_chans: int = 1  # image channels (1 grey, 3 colour); "both" doubles what the network sees
+    image_size: int = 28  # images are fitted to this size before scoring
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DetectorConfig":
+        d = dict(d)
+        for k in ("layers", "channels"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def npr(x: torch.Tensor) -> torch.Tensor:
+    """x - up(down(x)), nearest-neighbour by a factor of 2 (odd sizes round down, then back up)."""
+    h, w = x.shape[-2:]
+    small = F.interpolate(x, size=(max(1, h // 2), max(1, w // 2)), mode="nearest")
+    return x - F.interpolate(small, size=(h, w), mode="nearest")
+
+
+class DetectorNet(nn.Module):
+    """(B, C, H, W) in [-1, 1] -> (B,) logit of 'synthetic'."""
+
+    def __init__(self, cfg: DetectorConfig = DetectorConfig()):
+        super().__init__()
+        if cfg.input not in INPUTS:
+            raise ValueError(f"unknown detector input {cfg.input!r}; use one of {', '.join(INPUTS)}")
+        self.config = cfg
+        chans = cfg.in_chans * (2 if cfg.input == "both" else 1)
+        # timm's 'deep' stem: three 3x3 convs of widths w/2, w/2, w (ResNet-C), w = the first stage's width
+        net = timm.create_model(cfg.arch, pretrained=False, num_classes=1, in_chans=chans, layers=cfg.layers,
+                                channels=cfg.channels, stem_type="deep", stem_width=max(1, cfg.channels[0] // 2))
+        # no early striding: the stem's stride-2 conv becomes stride 1, and the max-pool goes
+        net.conv1[0].stride = (1, 1)
+        net.maxpool = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.input == "npr":
+            x = npr(x) * 4  # the residual is small; x4 keeps its scale near the image's
+        elif self.config.input == "both":
+            x = torch.cat([x, npr(x) * 4], 1)
+        return self.net(x).squeeze(1)

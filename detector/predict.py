@@ -1,0 +1,138 @@
+"""The trained detector as one object: network + calibration (+ the optional zero-shot fusion).
+
+`Detector.score` works on tensors; `detect_files` is what the CLI and the service call: it reads
+each file through the safe decoder and reports unreadable files per file instead of stopping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from generator.checkpoint import default_device, load_tensors, read_config, save_json, save_tensors
+from generator.errors import GuardError
+from generator.image_io import expand_paths, fit_to, load_image
+from detector.calibrate import Fusion, Platt
+from detector.model import DetectorConfig, DetectorNet
+
+DETECTOR_FORMAT = "ddpm-guard/detector-v1"
+BUNDLED_DETECTOR = Path(__file__).parent / "weights" / "default"
+
+
+class Detector:
+    """Immutable after loading: scoring mutates no shared state, so one instance serves many requests."""
+
+    def __init__(self, net: DetectorNet, platt: Platt, threshold: float, fusion: Fusion | None = None,
+                 fusion_threshold: float | None = None, meta: dict | None = None):
+        self.net, self.platt, self.threshold = net.eval(), platt, threshold
+        self.fusion, self.fusion_threshold = fusion, fusion_threshold
+        self.meta = meta or {}
+        self._generator = None  # loaded on first zero-shot use
+
+    @property
+    def config(self) -> DetectorConfig:
+        return self.net.config
+
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        cfg = self.config
+        dev = next(self.net.parameters()).device
+        x = fit_to(images, (cfg.in_chans, cfg.image_size, cfg.image_size))
+        out = [self.net(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
+        return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+    def generator(self):
+        if self._generator is None:
+            from generator.checkpoint import load_model
+
+            model, schedule, _ = load_model(self.meta.get("generator"), device=next(self.net.parameters()).device)
+            self._generator = (model, schedule)
+        return self._generator
+
+    def score(self, images: torch.Tensor, zero_shot: bool = False) -> dict[str, np.ndarray]:
+        """{"p_synthetic", "synthetic", "classifier", "classifier_logit"[, "dire", "fused"]} for (B, C, H, W)."""
+        logit = self.logits(images)
+        p = self.platt(logit)
+        out = {"classifier_logit": logit, "classifier": p, "p_synthetic": p, "synthetic": p > self.threshold}
+        if zero_shot:
+            if self.fusion is None:
+                raise GuardError("this detector has no zero-shot fusion; retrain it with the zero-shot score")
+            from detector.zeroshot import dire_scores
+
+            model, schedule = self.generator()
+            dire = dire_scores(model, schedule, images)
+            fused = self.fusion({"classifier_logit": logit, "dire": dire})
+            out.update(dire=dire, fused=fused, p_synthetic=fused, synthetic=fused > self.fusion_threshold)
+        return out
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> None:
+        folder = Path(folder)
+        save_tensors(self.net.state_dict(), folder / "model.safetensors")
+        cfg = {"format": DETECTOR_FORMAT, "model": self.config.to_dict(),
+               "calibration": {"platt": {"a": self.platt.a, "b": self.platt.b}, "threshold": self.threshold},
+               "fusion": None if self.fusion is None else {**self.fusion.to_dict(), "threshold": self.fusion_threshold},
+               **self.meta, **(extra or {})}
+        save_json(cfg, folder / "config.json")
+
+
+def load_detector(folder: str | Path | None = None, device: str | torch.device | None = None) -> Detector:
+    folder = Path(folder) if folder is not None else BUNDLED_DETECTOR
+    cfg = read_config(folder, DETECTOR_FORMAT)
+    try:
+        net = DetectorNet(DetectorConfig.from_dict(cfg["model"]))
+        cal = cfg["calibration"]
+        platt, threshold = Platt(float(cal["platt"]["a"]), float(cal["platt"]["b"])), float(cal["threshold"])
+        fusion = fusion_threshold = None
+        if cfg.get("fusion"):
+            f = dict(cfg["fusion"])
+            fusion_threshold = float(f.pop("threshold"))
+            fusion = Fusion.from_dict(f)
+    except (KeyError, TypeError, ValueError) as e:
+        raise GuardError(f"{folder}/config.json: not a valid detector config ({e})") from None
+    tensors, _ = load_tensors(folder / "model.safetensors")
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise GuardError(f"{folder}: detector weights do not match its config ({str(e).splitlines()[0]})") from None
+    meta = {k: v for k, v in cfg.items() if k not in ("format", "model", "calibration", "fusion")}
+    return Detector(net.to(device or default_device()), platt, threshold, fusion, fusion_threshold, meta)
+
+
+def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = False, batch_size: int = 256,
+                 progress: bool = False) -> list[dict]:
+    """One row per image: {path, p_synthetic, synthetic, scores} or {path, error} for a file that cannot be
+    read. Files are decoded one by one (each through the safe decoder) and scored in batches."""
+    cfg = detector.config
+    mode = "L" if cfg.in_chans == 1 else "RGB"
+    items = expand_paths(paths)
+    rows: list[dict] = [{"path": str(p)} for p, _ in items]
+    pending: list[tuple[int, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        x = torch.stack([img for _, img in pending])
+        s = detector.score(x, zero_shot=zero_shot)
+        score_keys = [k for k in ("classifier", "classifier_logit", "dire", "fused") if k in s]
+        for j, (i, _) in enumerate(pending):
+            rows[i].update(p_synthetic=float(s["p_synthetic"][j]), synthetic=bool(s["synthetic"][j]),
+                           scores={k: float(s[k][j]) for k in score_keys})
+        pending.clear()
+
+    for i, (p, problem) in enumerate(tqdm(items, disable=not progress, desc="detect", leave=False)):
+        if problem is not None:
+            rows[i]["error"] = problem
+            continue
+        try:
+            img = load_image(p, mode=mode)
+        except GuardError as e:
+            rows[i]["error"] = str(e)
+            continue
+        pending.append((i, fit_to(img[None], (cfg.in_chans, cfg.image_size, cfg.image_size))[0]))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return rows
