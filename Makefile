@@ -25,6 +25,7 @@ dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/ddpm-guard sample --n 64 --out $(DEMO_OUT)/samples --seed 0
+	$(VENV)/bin/ddpm-guard demo --out $(DEMO_OUT)
 	@echo "open $(DEMO_OUT)/samples/grid.png"
 
 test: $(VENV)/.installed-dev

@@ -28,10 +28,12 @@ from detector.predict import Detector
 
 FAKE_CACHE = Path("runs/detector/fakes")
 TARGET_FPR = 0.01  # the decision threshold flags this fraction of calibration reals
+AUG_P = 0.3  # probability of each augmentation (JPEG, blur, resize, shift) per image, for both classes
 
 
 def train_net(cfg: DetectorConfig, real: torch.Tensor, fake: torch.Tensor, *, epochs: int = 12, batch_size: int = 128,
-              lr: float = 2e-3, seed: int = 0, device: torch.device | None = None, log=None) -> DetectorNet:
+              lr: float = 2e-3, aug_p: float = AUG_P, seed: int = 0, device: torch.device | None = None,
+              log=None) -> DetectorNet:
     """BCE on real (0) vs fake (1), the rarer class up-weighted; both go through the same `augment`."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -49,7 +51,7 @@ def train_net(cfg: DetectorConfig, real: torch.Tensor, fake: torch.Tensor, *, ep
         total, t0 = 0.0, time.time()
         for i in range(0, len(x), batch_size):
             idx = perm[i:i + batch_size]
-            xb = augment(x[idx], gen).to(device)
+            xb = augment(x[idx], gen, aug_p).to(device)
             loss = F.binary_cross_entropy_with_logits(net(xb), y[idx].to(device), pos_weight=pos_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -89,7 +91,7 @@ def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_
     return Detector(net, platt, threshold, fusion, fusion_threshold)
 
 
-def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, epochs: int = 12, seed: int = 0, zero_shot: bool = True,
+def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, epochs: int = 40, seed: int = 0, zero_shot: bool = True,
                  generator_checkpoint: str | None = None, cache: Path | None = FAKE_CACHE, log=None) -> Detector:
     model, schedule, _ = load_model(generator_checkpoint)
     fakes = fake_sets(model, schedule, TRAIN_SOURCES, N_TRAIN_FAKES, 1000 + seed, real_split("train"), cache, log)

@@ -29,10 +29,24 @@ def codec(key):
     return Codec(key, SHAPE)
 
 
-def test_x_T_is_standard_normal(codec):
-    x = watermarked_noise(codec, 0xDEADBEEF, 400, torch.Generator().manual_seed(0)).flatten().numpy()
-    assert stats.kstest(x, "norm").pvalue > 0.01
-    assert abs(x.mean()) < 0.01 and abs(x.std() - 1) < 0.01
+@pytest.mark.parametrize("basis", ["dct", "pixel"])
+def test_x_T_is_standard_normal(key, basis):
+    c = Codec(key, SHAPE, Scheme(basis=basis))
+    x = watermarked_noise(c, 0xDEADBEEF, 400, torch.Generator().manual_seed(0))
+    flat = x.flatten().numpy()
+    assert stats.kstest(flat, "norm").pvalue > 0.01
+    assert abs(flat.mean()) < 0.01 and abs(flat.std() - 1) < 0.01
+    # no structure left between pixels: neighbouring entries are uncorrelated
+    assert abs(np.corrcoef(x[:, 0, :, :-1].flatten(), x[:, 0, :, 1:].flatten())[0, 1]) < 0.02
+
+
+def test_dct_is_orthonormal_and_round_trips(codec):
+    from watermark.embed import dct_matrix
+
+    c = dct_matrix(28)
+    torch.testing.assert_close(c @ c.T, torch.eye(28, dtype=torch.float64))
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(codec.to_latent(codec.to_coeffs(x)), x, atol=1e-5, rtol=1e-5)
 
 
 def test_true_latent_decodes_payload(codec):
@@ -43,9 +57,9 @@ def test_true_latent_decodes_payload(codec):
 
 
 def test_majority_vote_corrects_flipped_chips(codec):
-    x = watermarked_noise(codec, 0xCAFE, 1, torch.Generator().manual_seed(2))
-    flip = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) < 0.15
-    rd = read_latent(codec, torch.where(flip, -x, x))[0]
+    c = codec.to_coeffs(watermarked_noise(codec, 0xCAFE, 1, torch.Generator().manual_seed(2)))
+    flip = torch.rand(c.shape, generator=torch.Generator().manual_seed(3)) < 0.15  # flip chips, not pixels
+    rd = read_latent(codec, codec.to_latent(torch.where(flip, -c, c)))[0]
     assert int("".join(map(str, rd.message[:32].tolist())), 2) == 0xCAFE
     assert rd.errors_corrected > 0
 

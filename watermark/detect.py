@@ -59,7 +59,7 @@ def read_latent(codec: Codec, x_T: torch.Tensor) -> list[Reading]:
     """Score (B, C, H, W) inverted latents against every nonce of the key; keep the best nonce."""
     L, r, pad = codec.scheme.message_bits, codec.reps, codec.pad
     sf = null_survival(L, r, pad)
-    y = torch.where(x_T.reshape(len(x_T), -1) >= 0, 1, -1).to(torch.int32)[:, codec.perm]  # (B, D)
+    y = torch.where(codec.to_coeffs(x_T).reshape(len(x_T), -1) >= 0, 1, -1).to(torch.int32)[:, codec.perm]  # (B, D)
     streams = codec.streams.to(torch.int32)  # (N, D)
     out = []
     for yi in y:

@@ -7,6 +7,12 @@ Layout of the D = C*H*W latent dimensions, in a keyed permuted order:
   is uniform whatever the payload, and images from one job do not all share one sign pattern.
 x_T = |z| * sign pattern with z ~ N(0, I): a uniform random sign times an independent |z| is
 exactly a standard normal, so sample quality is untouched.
+
+The chips live in a basis of x_T (Scheme.basis). "dct": the orthonormal 2-D DCT-II of each channel;
+x_T = IDCT(|z| * signs) is still exactly N(0, I) because an orthonormal map of iid standard normals
+is iid standard normal. It is the default because DCT coefficients survive generation, 8-bit
+rounding and inversion better than single pixels on a model whose background saturates (measured
+by bench/watermark/sign_survival.py: 0.63 vs 0.57 sign agreement). "pixel": x_T's own entries.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ class Scheme:
     payload_bits: int = 32  # room for a job or account id
     tag_bits: int = 8  # keyed MAC over the payload: a wrong decode is flagged with prob. 1 - 2^-8
     nonce_bits: int = 8  # 256 key streams per key: keeps images of one job diverse; costs log10(256) in p
+    basis: str = "dct"  # where the chips live: "dct" (orthonormal 2-D DCT of x_T) or "pixel"
 
     @property
     def message_bits(self) -> int:
@@ -50,6 +57,21 @@ class Codec:
             raise GuardError(f"a {shape} latent is too small for a {L}-bit message")
         self.reps, self.pad = r, self.dim - L * r
         self.perm = torch.from_numpy(key.permutation("perm", self.dim).copy())
+        if scheme.basis not in ("dct", "pixel"):
+            raise GuardError(f"unknown watermark basis {scheme.basis!r}; use 'dct' or 'pixel'")
+        self._dct_h, self._dct_w = dct_matrix(shape[-2]), dct_matrix(shape[-1])
+
+    def to_latent(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) chip-domain values -> x_T (the inverse DCT, or the identity)."""
+        if self.scheme.basis == "pixel":
+            return coeffs
+        return (self._dct_h.T @ coeffs.double() @ self._dct_w).float()
+
+    def to_coeffs(self, x_T: torch.Tensor) -> torch.Tensor:
+        """x_T -> the chip domain (the forward DCT, or the identity)."""
+        if self.scheme.basis == "pixel":
+            return x_T
+        return (self._dct_h @ x_T.double() @ self._dct_w.T).float()
 
     @cached_property
     def streams(self) -> torch.Tensor:
@@ -75,6 +97,15 @@ class Codec:
         return out.reshape(self.shape)
 
 
+def dct_matrix(n: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix (n, n) in float64: y = C x, x = C^T y."""
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(n, dtype=torch.float64)[None]
+    c = torch.cos(torch.pi * (2 * i + 1) * k / (2 * n)) * (2.0 / n) ** 0.5
+    c[0] /= 2 ** 0.5
+    return c
+
+
 def parse_payload(text: str | None, scheme: Scheme = Scheme()) -> int:
     if text is None or text == "":
         return 0
@@ -93,7 +124,7 @@ def watermarked_noise(codec: Codec, payload: int, n: int, generator: torch.Gener
     z = torch.randn((n, *codec.shape), generator=generator)
     nonces = torch.randint(0, codec.scheme.num_nonces, (n,), generator=generator)
     signs = torch.stack([codec.signs(payload, int(k)) for k in nonces]).float()
-    return z.abs() * signs
+    return codec.to_latent(z.abs() * signs)
 
 
 def generate_watermarked(model: torch.nn.Module, schedule, key: WatermarkKey, payload: int, n: int, *,
