@@ -38,7 +38,7 @@ def evaluate_watermark(model, schedule, key: WatermarkKey, *, n: int = 500, n_ne
     log = log or (lambda s: None)
     cfg = model.config
     codec = Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size), scheme)
-    wm, _ = generate_watermarked(model, schedule, key, payload, n, seed=seed)
+    wm, _ = generate_watermarked(model, schedule, key, payload, n, scheme=scheme, seed=seed)
     wm = quantize(wm)
     truth = np.unpackbits(np.frombuffer(payload.to_bytes(4, "big"), dtype=np.uint8))
     # negatives: held-out real digits and unwatermarked samples, cycled through the attacks' clean state
