@@ -30,9 +30,15 @@ def codec(key):
 
 
 @pytest.mark.parametrize("basis", ["dct", "pixel"])
-def test_x_T_is_standard_normal(key, basis):
-    c = Codec(key, SHAPE, Scheme(basis=basis))
-    x = watermarked_noise(c, 0xDEADBEEF, 400, torch.Generator().manual_seed(0))
+def test_x_T_is_standard_normal(basis):
+    """Exactly N(0, I) over the key (Gaussian Shading's guarantee): one image under each of 200 random
+    keys. Under ONE key, images share one of 16 sign patterns; that is the diversity cost of the nonce
+    count, measured in BENCHMARKS.md, not a property of each image's marginal."""
+    import hashlib
+
+    gen = torch.Generator().manual_seed(0)
+    keys = [WatermarkKey(hashlib.sha256(b"test key %d" % i).digest()) for i in range(200)]  # distinct, fixed
+    x = torch.cat([watermarked_noise(Codec(k, SHAPE, Scheme(basis=basis)), 0xDEADBEEF, 1, gen) for k in keys])
     flat = x.flatten().numpy()
     assert stats.kstest(flat, "norm").pvalue > 0.01
     assert abs(flat.mean()) < 0.01 and abs(flat.std() - 1) < 0.01

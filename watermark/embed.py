@@ -6,7 +6,9 @@ Layout of the D = C*H*W latent dimensions, in a keyed permuted order:
 - every chip is XORed with a key stream selected by a random per-image nonce, so the sign pattern
   is uniform whatever the payload, and images from one job do not all share one sign pattern.
 x_T = |z| * sign pattern with z ~ N(0, I): a uniform random sign times an independent |z| is
-exactly a standard normal, so sample quality is untouched.
+exactly a standard normal, so each image's quality is untouched. "Uniform" is over the key (and
+nonce): under one key, the images of one payload share one of 2^nonce_bits sign patterns, which
+correlates their x_T (2/pi per coordinate for two images on one stream) and costs diversity.
 
 The chips live in a basis of x_T (Scheme.basis). "dct": the orthonormal 2-D DCT-II of each channel;
 x_T = IDCT(|z| * signs) is still exactly N(0, I) because an orthonormal map of iid standard normals
