@@ -126,7 +126,7 @@ def cmd_watermark_eval(a: argparse.Namespace) -> int:
     key = _load_key(a.key)
     model, schedule, _ = load_model(a.checkpoint)
     report = evaluate_watermark(model, schedule, key, n=a.n, n_negative=a.n_negative, steps=a.steps, alpha=a.alpha,
-                                search=a.search, seed=a.seed, out_dir=a.out,
+                                search=a.search, seed=a.seed, fid_seeds=a.fid_seeds, out_dir=a.out,
                                 log=None if a.json else (lambda m: print(m, file=sys.stderr)))
     if a.out:
         save_json(report, Path(a.out) / "watermark_eval.json")
@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     we.add_argument("--steps", type=_positive_int, default=10)
     we.add_argument("--alpha", type=float, default=0.01)
     we.add_argument("--search", action="store_true", help="include the rotation search (slow)")
+    we.add_argument("--fid-seeds", type=int, default=3,
+                    help="FID of watermarked vs plain samples over this many seeds, n each (0 skips)")
     we.add_argument("--seed", type=int, default=0)
     we.add_argument("--checkpoint", default=None)
     we.add_argument("--out", default=None, help="folder for watermark_eval.json and the TPR chart")

@@ -174,3 +174,15 @@ def test_cli_never_prints_the_key(tmp_path):
     assert all({"path", "watermarked", "p_value", "payload", "bit_errors_corrected"} <= set(r) for r in rows[:3])
     bad = run("watermark", "verify", "--key", str(tmp_path / "nokey"), str(tmp_path / "s"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_fid_change_reports_both_sets_and_the_spread(trained_tiny, key):
+    from watermark.evaluate import fid_change
+
+    out, _ = trained_tiny
+    model, schedule, _ = load_model(out, device="cpu")
+    r = fid_change(model, schedule, key, 0x1234, n=32, seeds=2)
+    assert len(r["watermarked"]) == len(r["plain"]) == 2
+    assert all(np.isfinite(r["watermarked"] + r["plain"])) and min(r["plain"]) > 0
+    assert r["change"] == pytest.approx(np.mean(r["watermarked"]) - np.mean(r["plain"]))
+    assert isinstance(r["within_spread"], bool)

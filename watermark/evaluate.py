@@ -72,9 +72,34 @@ def evaluate_watermark(model, schedule, key: WatermarkKey, *, n: int = 500, n_ne
     report["mean_tpr_clean_plus_tree_ring_six"] = float(np.mean(six)) if six else None
     bits = [r["bit_accuracy"] for k, r in report["attacks"].items() if k != "clean"]
     report["mean_bit_accuracy_attacks"] = float(np.mean(bits)) if bits else None
+    if fid_seeds:
+        report["fid"] = fid_change(model, schedule, key, payload, n=n, seeds=fid_seeds, scheme=scheme, seed=seed, log=log)
     if out_dir is not None:
         _plot(report, Path(out_dir) / "watermark_tpr.png")
     return report
+
+
+def fid_change(model, schedule, key: WatermarkKey, payload: int, *, n: int, seeds: int, scheme: Scheme = Scheme(),
+               seed: int = 0, log=None) -> dict:
+    """FID (project classifier features, against the held-out digits) of watermarked and of plain
+    samples for `seeds` seeds: the change, and the plain seed-to-seed spread it should stay within."""
+    from generator.classifier import load_classifier, predict
+    from generator.metrics import fid
+
+    net = load_classifier()
+    ref = predict(net, load_dataset("mnist5k", "heldout").images)[0].numpy()
+    rows = {"watermarked": [], "plain": []}
+    for s in range(seed + 100, seed + 100 + seeds):
+        wm = quantize(generate_watermarked(model, schedule, key, payload, n, scheme=scheme, seed=s)[0])
+        plain = quantize(generate(model, schedule, n, seed=s)[0])
+        rows["watermarked"].append(fid(predict(net, wm)[0].numpy(), ref))
+        rows["plain"].append(fid(predict(net, plain)[0].numpy(), ref))
+        if log:
+            log(f"FID seed {s}: watermarked {rows['watermarked'][-1]:.2f}, plain {rows['plain'][-1]:.2f}")
+    w, p = np.array(rows["watermarked"]), np.array(rows["plain"])
+    return {"n": n, "seeds": seeds, "watermarked": w.tolist(), "plain": p.tolist(),
+            "change": float(w.mean() - p.mean()), "plain_seed_spread_std": float(p.std(ddof=1)) if seeds > 1 else None,
+            "within_spread": bool(abs(w.mean() - p.mean()) <= 2 * p.std(ddof=1)) if seeds > 1 else None}
 
 
 def _plot(report: dict, path: Path) -> None:
