@@ -152,6 +152,10 @@ def cmd_detector_train(a: argparse.Namespace) -> int:
     from detector.model import DetectorConfig
     from detector.train import fit_detector
 
+    try:  # fail before the minutes of fake-making and training, not after
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GuardError(f"{a.out}: cannot create the output folder ({e.strerror})") from None
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     det = fit_detector(DetectorConfig(input=a.input), epochs=a.epochs, seed=a.seed, zero_shot=not a.no_zero_shot,
                        generator_checkpoint=a.checkpoint, log=log)
@@ -293,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     we.add_argument("--steps", type=_positive_int, default=10)
     we.add_argument("--alpha", type=float, default=0.01)
     we.add_argument("--search", action="store_true", help="include the rotation search (slow)")
-    we.add_argument("--fid-seeds", type=int, default=3,
+    we.add_argument("--fid-seeds", type=int, default=2,
                     help="FID of watermarked vs plain samples over this many seeds, n each (0 skips)")
     we.add_argument("--seed", type=int, default=0)
     we.add_argument("--checkpoint", default=None)

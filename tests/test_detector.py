@@ -167,3 +167,11 @@ def test_bundled_detector_flags_bundled_samples():
     real = real_split("heldout")[::50]
     assert det.score(fakes)["synthetic"].mean() >= 0.9
     assert det.score(real)["synthetic"].mean() <= 0.1
+
+
+def test_detector_train_refuses_an_unwritable_out_before_working(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = subprocess.run([sys.executable, "-m", "api.cli", "detector", "train", "--out", str(blocker / "sub")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot create the output folder" in r.stderr and "Traceback" not in r.stderr
