@@ -129,7 +129,7 @@ def test_clean_watermarked_samples_are_detected_with_bundled_model(key):
     x, _ = generate_watermarked(model, schedule, key, 0xABCD0123, 8, seed=0, steps=50)
     codec = Codec(key, SHAPE)
     v = verify(x, codec, model, schedule, search=False)
-    assert sum(r.watermarked for r in v) >= 5, [r.p_value for r in v]  # eval: clean TPR 0.79 at alpha 1%
+    assert sum(r.watermarked for r in v) >= 5, [r.p_value for r in v]  # eval: clean TPR 0.74 at alpha 1%
     wrong = verify(x, Codec(WatermarkKey(bytes(32)), SHAPE), model, schedule, search=False)
     assert min(r.p_value for r in wrong) > 1e-3  # null-like (8 draws at alpha 1% may give one by chance)
     assert np.median([r.p_value for r in v]) < 1e-4
