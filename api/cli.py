@@ -92,13 +92,8 @@ def cmd_eval_gen(a: argparse.Namespace) -> int:
     sweep = tuple(a.step_sweep) if a.step_sweep else ()
     report = evaluate_generator(model, schedule, n=a.n, sampler=a.sampler, steps=a.steps, guidance=a.guidance,
                                 guidance_sweep=tuple(a.guidance_sweep), step_sweep=sweep, seed=a.seed,
-                                out_dir=a.out, log=None if a.json else (lambda m: print(m, file=sys.stderr)))
-    if a.out:
-        from generator.checkpoint import save_json
-
-        save_json(report, Path(a.out) / "eval_gen.json")
-    print(json.dumps(report) if a.json else json.dumps(report, indent=2))
-    return 0
+                                out_dir=a.out, log=_progress_log(a))
+    return _emit_report(report, a, "eval_gen.json")
 
 
 def cmd_keys_new(a: argparse.Namespace) -> int:
@@ -120,18 +115,15 @@ def cmd_watermark_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_watermark_eval(a: argparse.Namespace) -> int:
-    from generator.checkpoint import load_model, save_json
+    from generator.checkpoint import load_model
     from watermark.evaluate import evaluate_watermark
 
     key = _load_key(a.key)
     model, schedule, _ = load_model(a.checkpoint)
     report = evaluate_watermark(model, schedule, key, n=a.n, n_negative=a.n_negative, steps=a.steps, alpha=a.alpha,
                                 search=a.search, seed=a.seed, fid_seeds=a.fid_seeds, out_dir=a.out,
-                                log=None if a.json else (lambda m: print(m, file=sys.stderr)))
-    if a.out:
-        save_json(report, Path(a.out) / "watermark_eval.json")
-    print(json.dumps(report) if a.json else json.dumps(report, indent=2))
-    return 0
+                                log=_progress_log(a))
+    return _emit_report(report, a, "watermark_eval.json")
 
 
 def cmd_detect(a: argparse.Namespace) -> int:
@@ -165,7 +157,7 @@ def cmd_detector_train(a: argparse.Namespace) -> int:
 
 
 def cmd_detector_eval(a: argparse.Namespace) -> int:
-    from generator.checkpoint import load_model, save_json
+    from generator.checkpoint import load_model
     from detector.evaluate import evaluate_detector
     from detector.predict import load_detector
     from detector.train import FAKE_CACHE
@@ -173,11 +165,8 @@ def cmd_detector_eval(a: argparse.Namespace) -> int:
     det = load_detector(a.detector)
     model, schedule, _ = load_model(a.checkpoint)
     report = evaluate_detector(det, model, schedule, seed=a.seed, cache=FAKE_CACHE, zero_shot_n=a.zero_shot_n,
-                               out_dir=a.out, log=None if a.json else (lambda m: print(m, file=sys.stderr)))
-    if a.out:
-        save_json(report, Path(a.out) / "detector_eval.json")
-    print(json.dumps(report) if a.json else json.dumps(report, indent=2))
-    return 0
+                               out_dir=a.out, log=_progress_log(a))
+    return _emit_report(report, a, "detector_eval.json")
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -186,6 +175,21 @@ def cmd_demo(a: argparse.Namespace) -> int:
     rows = run_demo(a.out)
     print(f"demo key: {Path(a.out) / 'demo.key'} (mode 0600); watermarked digits carry payload {DEMO_PAYLOAD}")
     _print_rows(rows, a.json, ["path", "truth", "watermarked", "wm_p_value", "payload", "synthetic", "p_synthetic", "error"])
+    return 0
+
+
+def _progress_log(a: argparse.Namespace):
+    """Progress lines go to stderr, and not at all under --json (stdout stays machine-readable)."""
+    return None if a.json else (lambda m: print(m, file=sys.stderr))
+
+
+def _emit_report(report: dict, a: argparse.Namespace, name: str) -> int:
+    """An eval command's report: saved as --out/NAME when --out is given, printed as JSON."""
+    if a.out:
+        from generator.checkpoint import save_json
+
+        save_json(report, Path(a.out) / name)
+    print(json.dumps(report) if a.json else json.dumps(report, indent=2))
     return 0
 
 

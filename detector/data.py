@@ -12,6 +12,7 @@ Both classes are stored as 8-bit images (what a PNG holds): the format can never
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -63,13 +64,20 @@ def real_split(part: str) -> torch.Tensor:
     """'train' (3,200), 'calib' (800) or 'heldout' (1,000) real digits, 8-bit exact."""
     if part == "heldout":
         return load_dataset("mnist5k", "heldout").images
+    images, rank = _train_digits_ranked()
+    keep = rank < DETECTOR_TRAIN_PER_DIGIT if part == "train" else rank >= DETECTOR_TRAIN_PER_DIGIT
+    return images[keep]  # boolean indexing copies: callers cannot alter the cache
+
+
+@lru_cache(maxsize=1)
+def _train_digits_ranked() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4,000 training digits and each one's rank within its digit, read once per process."""
     ds = load_dataset("mnist5k", "train")
     rank = torch.zeros_like(ds.labels)
     for d in range(10):
         idx = (ds.labels == d).nonzero().flatten()
         rank[idx] = torch.arange(len(idx))
-    keep = rank < DETECTOR_TRAIN_PER_DIGIT if part == "train" else rank >= DETECTOR_TRAIN_PER_DIGIT
-    return ds.images[keep]
+    return ds.images, rank
 
 
 def make_fakes(model, schedule, source: FakeSource, n: int, seed: int, real: torch.Tensor | None = None,

@@ -13,7 +13,6 @@ evaluation reuses them). Steps:
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.checkpoint import default_device, load_model
+from generator.train import fit_supervised
 from detector.calibrate import Fusion, Platt, threshold_at_fpr
 from detector.data import N_TRAIN_FAKES, TRAIN_SOURCES, augment, fake_sets, real_split
 from detector.model import DetectorConfig, DetectorNet
@@ -42,25 +42,9 @@ def train_net(cfg: DetectorConfig, real: torch.Tensor, fake: torch.Tensor, *, ep
     x = torch.cat([real, fake])
     y = torch.cat([torch.zeros(len(real)), torch.ones(len(fake))])
     pos_weight = torch.tensor(len(real) / max(1, len(fake)), device=device)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    net.train()
-    for ep in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        total, t0 = 0.0, time.time()
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            xb = augment(x[idx], gen, aug_p).to(device)
-            loss = F.binary_cross_entropy_with_logits(net(xb), y[idx].to(device), pos_weight=pos_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        if log:
-            log(f"epoch {ep + 1}/{epochs} loss {total / len(x):.4f} ({time.time() - t0:.0f} s)")
-    return net.eval()
+    loss_fn = lambda logits, target: F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)  # noqa: E731
+    return fit_supervised(net, x, y, loss_fn, augment=lambda xb, g: augment(xb, g, aug_p), gen=gen, epochs=epochs,
+                          batch_size=batch_size, lr=lr, device=device, log=log)
 
 
 def split_fakes(fakes: dict[str, torch.Tensor], frac: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,9 +78,9 @@ def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_
 def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, epochs: int = 40, seed: int = 0, zero_shot: bool = True,
                  generator_checkpoint: str | None = None, cache: Path | None = FAKE_CACHE, log=None) -> Detector:
     model, schedule, _ = load_model(generator_checkpoint)
-    fakes = fake_sets(model, schedule, TRAIN_SOURCES, N_TRAIN_FAKES, 1000 + seed, real_split("train"), cache, log)
-    fake_tr, fake_cal = split_fakes(fakes)
     real_tr, real_cal = real_split("train"), real_split("calib")
+    fakes = fake_sets(model, schedule, TRAIN_SOURCES, N_TRAIN_FAKES, 1000 + seed, real_tr, cache, log)
+    fake_tr, fake_cal = split_fakes(fakes)
     if log:
         log(f"training on {len(real_tr)} real + {len(fake_tr)} fake; calibrating on {len(real_cal)} + {len(fake_cal)}")
     net = train_net(cfg, real_tr, fake_tr, epochs=epochs, seed=seed, log=log)

@@ -16,6 +16,7 @@ from torch import nn
 
 from generator.checkpoint import load_tensors, read_config, save_json, save_tensors
 from generator.errors import GuardError
+from generator.train import fit_supervised
 
 CLASSIFIER_FORMAT = "ddpm-guard/digit-classifier-v1"
 BUNDLED_CLASSIFIER = Path(__file__).parent / "weights" / "digit_classifier"
@@ -61,24 +62,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = DigitNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(images) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    net.train()
-    for ep in range(epochs):
-        perm = torch.randperm(len(images), generator=gen)
-        total = 0.0
-        for i in range(0, len(images), batch_size):
-            idx = perm[i:i + batch_size]
-            loss = F.cross_entropy(net(_augment(images[idx], gen)), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        if log:
-            log(f"epoch {ep + 1}/{epochs} loss {total / len(images):.4f}")
-    return net.eval()
+    return fit_supervised(net, images, labels, F.cross_entropy, augment=_augment, gen=gen, epochs=epochs,
+                          batch_size=batch_size, lr=lr, log=log)
 
 
 def save_classifier(net: DigitNet, folder: str | Path, extra: dict | None = None) -> None:

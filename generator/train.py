@@ -25,6 +25,32 @@ from generator.schedule import NoiseSchedule
 from generator.unet import UNet
 
 
+def fit_supervised(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, *,
+                   augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor], gen: torch.Generator,
+                   epochs: int, batch_size: int, lr: float, weight_decay: float = 1e-4,
+                   device: torch.device | None = None, log: Callable[[str], None] | None = None) -> nn.Module:
+    """The small supervised loop the digit classifier and the detector share: AdamW with a one-cycle
+    schedule, a fresh permutation from `gen` each epoch, and `augment(batch, gen)` on every batch."""
+    device = device or next(net.parameters()).device
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * math.ceil(len(x) / batch_size))
+    net.train()
+    for ep in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        total, t0 = 0.0, time.time()
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = loss_fn(net(augment(x[idx], gen).to(device)), y[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        if log:
+            log(f"epoch {ep + 1}/{epochs} loss {total / len(x):.4f} ({time.time() - t0:.0f} s)")
+    return net.eval()
+
+
 class EMA:
     """Exponential moving average of the weights. The decay ramps up as (1 + n) / (10 + n) so the
     average is not dominated by the random initialisation in short runs."""

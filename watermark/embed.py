@@ -97,6 +97,12 @@ class Codec:
         bits = np.stack([self.key.bits(f"chips/{n}", self.dim) for n in range(self.scheme.num_nonces)])
         return torch.from_numpy(1 - 2 * bits.astype(np.int8))
 
+    @cached_property
+    def free_signs(self) -> torch.Tensor:
+        """(num_nonces, C*H*W) int8 signs for the dimensions that carry no chips (derived once, like streams)."""
+        bits = np.stack([self.key.bits(f"free/{n}", self.total) for n in range(self.scheme.num_nonces)])
+        return torch.from_numpy(1 - 2 * bits.astype(np.int8))
+
     def message(self, payload: int) -> np.ndarray:
         s = self.scheme
         if not 0 <= payload < 2 ** s.payload_bits:
@@ -111,7 +117,7 @@ class Codec:
         chips[: self.scheme.message_bits * self.reps] = np.repeat(self.message(payload), self.reps)
         permuted = torch.from_numpy(1 - 2 * chips) * self.streams[nonce]  # sigma(u xor k) = sigma(u) sigma(k)
         # skipped dimensions: uniform key-stream signs that carry nothing, so x_T stays N(0, I) over the key
-        out = torch.from_numpy(1 - 2 * self.key.bits(f"free/{nonce}", self.total).astype(np.int8))
+        out = self.free_signs[nonce].clone()
         out[self.perm] = permuted
         return out.reshape(self.shape)
 
