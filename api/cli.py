@@ -13,14 +13,20 @@ from pathlib import Path
 from generator.errors import GuardError
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+def _int_at_least(lo: int):
+    """An argparse type: a whole number >= lo, refused with one clear message otherwise."""
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not a whole number") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {v}")
+        return v
+    return parse
+
+
+_positive_int, _nonnegative_int = _int_at_least(1), _int_at_least(0)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -301,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     we.add_argument("--steps", type=_positive_int, default=10)
     we.add_argument("--alpha", type=float, default=0.01)
     we.add_argument("--search", action="store_true", help="include the rotation search (slow)")
-    we.add_argument("--fid-seeds", type=int, default=2,
+    we.add_argument("--fid-seeds", type=_nonnegative_int, default=2,
                     help="FID of watermarked vs plain samples over this many seeds, n each (0 skips)")
     we.add_argument("--seed", type=int, default=0)
     we.add_argument("--checkpoint", default=None)
@@ -334,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev = dt.add_parser("eval", help="AUC/AP/TPR@1%%FPR per fake source and perturbation, zero-shot, ROC plot")
     dev.add_argument("--detector", default=None)
     dev.add_argument("--checkpoint", default=None, help="generator checkpoint (default: the bundled model)")
-    dev.add_argument("--zero-shot-n", type=int, default=60, help="fakes per source for the zero-shot comparison (0 skips)")
+    dev.add_argument("--zero-shot-n", type=_nonnegative_int, default=60, help="fakes per source for the zero-shot comparison (0 skips)")
     dev.add_argument("--seed", type=int, default=0)
     dev.add_argument("--out", default=None, help="folder for detector_eval.json and detector_roc.png")
     dev.add_argument("--json", action="store_true")

@@ -55,3 +55,8 @@ def test_train_refuses_to_overwrite_a_run(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     r = run("train", "--data", "digits", "--out", str(tmp_path), "--steps", "1")
     assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_negative_counts_are_refused(tmp_path):
+    r = run("watermark", "eval", "--key", str(tmp_path / "k"), "--fid-seeds", "-1")
+    assert r.returncode == 2 and "must be at least 0" in r.stderr and "Traceback" not in r.stderr
