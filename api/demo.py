@@ -37,7 +37,7 @@ def run_demo(out: str | Path, n_watermarked: int = 8, n_real: int = 4, seed: int
         j = i * (len(held) // n_real)  # one from each part of the label-sorted set
         files.append(("real digit", save_image(held.images[j], out / "real" / f"real_{j:04d}_label{int(held.labels[j])}.png")))
     paths = [str(p) for _, p in files]
-    verdicts = verify_files(paths, key, search=False)
+    verdicts = verify_files(paths, key)
     detections = detect_files(paths, load_detector())
     rows = []
     for (kind, p), v, d in zip(files, verdicts, detections):

@@ -1,11 +1,15 @@
-"""Detection: image -> resize -> DDIM inversion -> sign statistic -> exact p-value -> payload.
+"""Detection: image -> resize -> DDIM inversion -> weighted sign statistic -> exact p-value -> payload.
 
-The statistic for one nonce is T = sum_j max(k_j, r - k_j) + (pad agreements), where k_j counts the
-chips of message bit j that read 0 after the key stream is removed. Under H0 (the image does not
-carry this key's mark) the key stream is independent of the image, so every chip is a fair coin
-and T has an exact null law: the convolution of L "majority of r fair coins" laws and a
-Binomial(pad, 1/2). The p-value is its upper tail; testing N nonces and M geometric candidates is
-corrected with Sidak, 1 - (1 - p)^(N M). Nothing here mutates shared state.
+Each chip c_i = +1 when the inverted coefficient's sign, with the key stream removed, reads 0. It
+gets an integer weight w_i from the rank of the coefficient's magnitude in its image (soft
+decoding: large coefficients kept their sign more often). For one nonce the statistic is
+T = sum_j |G_j| + P, with G_j = sum of w_i c_i over the r chips of message bit j (the payload is
+unknown, so either sign counts) and P the same sum over the pad chips (known zeros). Under H0 (the
+image does not carry this key's mark) the key stream is independent of the image, so given the
+image every c_i is a fair sign and T has an exact null law: a convolution over the image's own
+weights. The p-value is its upper tail; testing N nonces and M geometric candidates is corrected
+with Sidak, 1 - (1 - p)^(N M). With equal weights (Scheme.weight_levels = 1) this is the plain
+sign-agreement test. Nothing here mutates shared state.
 """
 
 from __future__ import annotations
@@ -27,17 +31,49 @@ from watermark.embed import Codec
 P_FLOOR = 1e-300  # float64 tail probabilities below this print as this
 
 
-@lru_cache(maxsize=16)
-def null_survival(L: int, r: int, pad: int) -> np.ndarray:
-    """sf[t] = P(T >= t) under H0, t = 0 .. L*r + pad (exact, float64)."""
-    a = np.arange(r + 1)
-    pmf_a = np.where(2 * a > r, 2 * comb(r, a) / 2.0 ** r, 0.0)
+def chip_weights(magnitude: np.ndarray, levels: int) -> np.ndarray:
+    """Integer weights 1..levels from each chip's rank by |coefficient| within its image.
+
+    A coefficient far from zero after inversion kept its sign more often than one near zero, so it
+    should count for more (soft decoding). Ranks make the weights scale-free, and integers keep the
+    null law exact. levels = 1 gives equal weights: the plain sign-agreement test."""
+    if levels == 1:
+        return np.ones(len(magnitude), dtype=np.int64)
+    rank = np.empty(len(magnitude), dtype=np.int64)
+    rank[np.argsort(magnitude, kind="stable")] = np.arange(len(magnitude))
+    return 1 + (rank * levels) // len(magnitude)
+
+
+def _signed_sum_pmf(w: np.ndarray) -> np.ndarray:
+    """pmf of sum_i s_i w_i over fair signs s_i, on the values -W .. W (W = sum w)."""
     pmf = np.array([1.0])
-    for _ in range(L):
-        pmf = np.convolve(pmf, pmf_a)
-    pmf = np.convolve(pmf, comb(pad, np.arange(pad + 1)) / 2.0 ** pad)
-    sf = np.cumsum(pmf[::-1])[::-1]
-    return np.minimum(sf, 1.0)
+    for wi in w.tolist():
+        nxt = np.zeros(len(pmf) + 2 * wi)
+        nxt[: len(pmf)] += 0.5 * pmf
+        nxt[2 * wi:] += 0.5 * pmf
+        pmf = nxt
+    return pmf
+
+
+def null_survival(w: np.ndarray, L: int, r: int) -> tuple[np.ndarray, int]:
+    """Exact null law of T = sum_j |G_j| + P, where G_j = sum of the r weighted chips of message bit j
+    and P = the sum of the weighted pad chips, each chip a fair sign under H0. Returns (sf, offset)
+    with sf[t + offset] = P(T >= t) (float64)."""
+    total = np.array([1.0])
+    for j in range(L):
+        g = _signed_sum_pmf(w[j * r:(j + 1) * r])
+        W = (len(g) - 1) // 2
+        folded = np.concatenate([[g[W]], g[W + 1:] + g[W - 1::-1]])  # pmf of |G_j| on 0 .. W
+        total = np.convolve(total, folded)
+    pad = _signed_sum_pmf(w[L * r:])
+    total = np.convolve(total, pad)
+    sf = np.minimum(np.cumsum(total[::-1])[::-1], 1.0)
+    return sf, (len(pad) - 1) // 2
+
+
+@lru_cache(maxsize=16)
+def _equal_weight_null(L: int, r: int, pad: int) -> tuple[np.ndarray, int]:
+    return null_survival(np.ones(L * r + pad, dtype=np.int64), L, r)
 
 
 def sidak(p: float, m: int) -> float:
@@ -55,26 +91,32 @@ class Reading:
     errors_corrected: int  # chips outvoted by the majority in the message groups
 
 
-def read_latent(codec: Codec, x_T: torch.Tensor) -> list[Reading]:
-    """Score (B, C, H, W) inverted latents against every nonce of the key; keep the best nonce."""
+def read_latent(codec: Codec, x_T: torch.Tensor, levels: int | None = None) -> list[Reading]:
+    """Score (B, C, H, W) inverted latents against every nonce of the key; keep the best nonce.
+    `levels` sets the chip weights (chip_weights); default: the scheme's."""
     L, r, pad = codec.scheme.message_bits, codec.reps, codec.pad
-    sf = null_survival(L, r, pad)
-    y = torch.where(codec.to_coeffs(x_T).reshape(len(x_T), -1) >= 0, 1, -1).to(torch.int32)[:, codec.perm]  # (B, D)
-    streams = codec.streams.to(torch.int32)  # (N, D)
+    levels = codec.scheme.weight_levels if levels is None else levels
+    coeffs = codec.to_coeffs(x_T).reshape(len(x_T), -1)[:, codec.perm]  # (B, D) in chip order
+    signs = torch.where(coeffs >= 0, 1, -1).to(torch.int64)
+    streams = codec.streams.to(torch.int64)  # (N, D)
     out = []
-    for yi in y:
+    for yi, mag in zip(signs, coeffs.abs().numpy()):
+        w = chip_weights(mag, levels)
+        sf, off = _equal_weight_null(L, r, pad) if levels == 1 else null_survival(w, L, r)
         c = yi[None] * streams  # (N, D): +1 where the chip reads 0 (sigma(u) = +1)
-        g = c[:, : L * r].reshape(-1, L, r).sum(-1)  # (N, L)
-        stat = ((r + g.abs()) // 2).sum(-1) + (pad + c[:, L * r:].sum(-1)) // 2  # (N,)
+        wc = c * torch.from_numpy(w)[None]
+        g = wc[:, : L * r].reshape(-1, L, r).sum(-1)  # (N, L) weighted votes per message bit
+        stat = g.abs().sum(-1) + wc[:, L * r:].sum(-1)  # (N,)
         n = int(stat.argmax())
-        t = int(stat[n])
+        t = int(stat[n]) + off
         # randomised tail P(T > t) + U P(T = t): exactly uniform under H0 (a discrete statistic's plain
         # tail is conservative). U is a hash of the read signs, so the same image gives the same p.
         u = int.from_bytes(hashlib.sha256(yi.to(torch.int8).numpy().tobytes()).digest()[:8], "big") / 2.0**64
         p = float(sf[t + 1] + u * (sf[t] - sf[t + 1])) if t + 1 < len(sf) else float(u * sf[t])
-        bits = (g[n] < 0).to(torch.int8).numpy()  # majority vote: negative sum -> bit 1
-        corrected = int(((r - g[n].abs()) // 2).sum())
-        out.append(Reading(max(p, P_FLOOR), t, n, bits, corrected))
+        bits = (g[n] < 0).to(torch.int8).numpy()  # weighted majority: negative sum -> bit 1
+        chips = c[n, : L * r].reshape(L, r)
+        corrected = int((chips != torch.from_numpy(1 - 2 * bits.astype(np.int64))[:, None]).sum())
+        out.append(Reading(max(p, P_FLOOR), int(stat[n]), n, bits, corrected))
     return out
 
 

@@ -43,6 +43,9 @@ class Scheme:
     # signs are predictable from image content (the DC term of an inverted digit is negative 100 % of
     # the time), which would bias the statistic for a fixed key. They get key-stream signs like the rest.
     skip_low: int = 4
+    # detection weights chips by the rank of their inverted magnitude, in this many integer levels (1 = plain
+    # sign test). Does not change the embedding, so marks made under any value verify under any other.
+    weight_levels: int = 8
 
     @property
     def message_bits(self) -> int:

@@ -56,7 +56,7 @@ def evaluate_watermark(model, schedule, key: WatermarkKey, *, n: int = 500, n_ne
     log(f"negatives: FPR {report['empirical_fpr']:.4f} at alpha {alpha}")
     g = torch.Generator().manual_seed(seed + 2)
     for name in attacks:
-        x = ATTACKS[name](wm, g)
+        x = quantize(ATTACKS[name](wm, g))  # as a user receives it: an 8-bit file
         v, secs = _scores(x, codec, model, schedule, steps, search, alpha)
         p = np.array([r.p_value for r in v])
         s = -np.log10(np.maximum(p, 1e-300))

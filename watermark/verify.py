@@ -17,7 +17,7 @@ DEFAULT_STEPS = 10  # DDIM inversion steps; chosen by measurement (BENCHMARKS.md
 
 
 def verify_files(paths: list[str], key: WatermarkKey, *, checkpoint: str | None = None, alpha: float = 0.01,
-                 steps: int | None = None, search: bool = True, scheme: Scheme = Scheme(),
+                 steps: int | None = None, search: bool = False, scheme: Scheme = Scheme(),
                  progress: bool = False) -> list[dict]:
     """One dict per image: {path, watermarked, p_value, payload, payload_valid, bit_errors_corrected,
     candidate} or {path, error} for a file that could not be read. Unreadable files don't stop the run."""
