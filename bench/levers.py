@@ -37,13 +37,15 @@ def ddim_loop(model, sched, x, labels, steps, precision, memory_format):
 
 
 def measure(fn, repeats):
-    fn()
+    t0 = time.perf_counter()
+    fn()  # warm-up; for torch.compile this is where compilation happens
+    warm = time.perf_counter() - t0
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
-    return best
+    return best, warm
 
 
 def main():
@@ -66,9 +68,9 @@ def main():
         def fn():
             with grad_ctx():
                 ddim_loop(m, sched, x, labels, a.steps, precision, fmt)
-        secs = measure(fn, a.repeats)
+        secs, warm = measure(fn, a.repeats)
         rows[name] = a.batch / secs  # images/s of an a.steps-step sampler
-        print(f"{name:40s} {rows[name]:8.2f} images/s ({a.steps} steps)", flush=True)
+        print(f"{name:40s} {rows[name]:8.2f} images/s ({a.steps} steps; first call {warm:.1f} s)", flush=True)
         torch.set_num_threads(threads)
 
     base = ours()

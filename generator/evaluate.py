@@ -76,13 +76,17 @@ def _plot_steps(sweep: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(sweep)
-    steps = [int(k.split("-")[1]) for k in names]
-    fids = [sweep[k]["fid"] for k in names]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(steps, fids, "o-")
-    for s_, f_, k in zip(steps, fids, names):
-        ax.annotate(k, (s_, f_), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for sampler, marker in (("ddim", "o-"), ("ddpm", "s")):  # one series per sampler, in step order
+        names = sorted((k for k in sweep if k.split("-")[0] == sampler), key=lambda k: int(k.split("-")[1]))
+        if not names:
+            continue
+        steps = [int(k.split("-")[1]) for k in names]
+        fids = [sweep[k]["fid"] for k in names]
+        ax.plot(steps, fids, marker, label=sampler.upper())
+        for s_, f_, k in zip(steps, fids, names):
+            ax.annotate(k, (s_, f_), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("sampling steps")
     ax.set_ylabel("FID (digit-classifier features)")

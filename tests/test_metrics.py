@@ -41,3 +41,15 @@ def test_memorization_flags_a_planted_copy():
     out = memorization(torch.cat([fresh, copy]), train)
     assert out["flagged"].tolist() == [False] * 20 + [True]
     assert out["nearest"][-1] == 17
+
+
+def test_fid_vs_steps_plot_from_a_merged_report(tmp_path):
+    """Sweeps saved as JSON come back with sorted keys (ddim-10, ddim-100, ddim-20); the plot orders the
+    points by step count per sampler and draws DDPM apart."""
+    from PIL import Image
+
+    from generator.evaluate import _plot_steps
+
+    sweep = {k: {"fid": f} for k, f in [("ddim-10", 48.7), ("ddim-100", 46.6), ("ddim-20", 48.1), ("ddpm-1000", 45.4)]}
+    _plot_steps(sweep, tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").size[0] > 100
