@@ -3,7 +3,7 @@
     python bench/speed.py [--batch 64] [--steps 50] [--repeats 3] [--json]
 
 Both models: 28x28x1, class-conditional, channel widths (32, 64, 64), two res blocks per level,
-attention at 7x7; parameter counts are printed. Reports DDIM-50 images/s, training steps/s, fp32
+attention at 7x7, dropout 0.1 in the res blocks; parameter counts are printed. Reports DDIM-50 images/s, training steps/s, fp32
 and bf16 autocast, the ratios ours/diffusers, FLOPs per forward and utilisation of the measured
 GEMM peak. Needs `pip install diffusers` (a bench-only dependency).
 """
@@ -35,7 +35,8 @@ def theirs() -> torch.nn.Module:
     return UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64),
                        layers_per_block=2, down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8,
-                       attention_head_dim=16, num_class_embeds=11).eval()
+                       attention_head_dim=16, num_class_embeds=11,
+                       dropout=0.1).eval()  # ours trains with dropout 0.1 (the bundled config): the same work
 
 
 def best_of(fn, repeats: int) -> float:
@@ -63,6 +64,7 @@ def sample_theirs(model, batch, steps, precision):
 
     @torch.inference_mode()
     def run():
+        model.eval()  # the training bench leaves it in train mode (dropout on); our sample() does the same
         sched.set_timesteps(steps)
         x = torch.randn((batch, 1, 28, 28), generator=torch.Generator().manual_seed(0))
         with autocast_for(torch.device("cpu"), precision):
