@@ -217,3 +217,24 @@ def test_fid_change_reports_both_sets_and_the_spread(trained_tiny, key):
     assert all(np.isfinite(r["watermarked"] + r["plain"])) and min(r["plain"]) > 0
     assert r["change"] == pytest.approx(np.mean(r["watermarked"]) - np.mean(r["plain"]))
     assert isinstance(r["within_spread"], bool)
+
+
+@needs_bundled
+def test_rotation_search_pays_for_every_candidate_in_the_p_value(key):
+    """--search tries the identity, then 24 inverse rotations for what is not yet detected; its p-value is
+    corrected for 16 streams x 25 candidates whether or not the second pass ran, so alpha still holds."""
+    from watermark.detect import rotation_candidates
+    from watermark.embed import generate_watermarked
+
+    cands = rotation_candidates()
+    assert len(cands) == 25 and cands[0] == ("identity", 0.0)
+    model, schedule, _ = load_model(device="cpu")
+    x, _ = generate_watermarked(model, schedule, key, 0xABCD0123, 2, seed=0, steps=50)
+    plain = (torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(9)) > 0.8).float() * 2 - 1
+    codec = Codec(key, SHAPE)
+    one = verify(torch.cat([x, plain]), codec, model, schedule, search=False)
+    both = verify(torch.cat([x, plain]), codec, model, schedule, search=True)
+    for a, b in zip(one[:2], both[:2]):  # found as they are: the same reading, corrected for 400 tests, not 16
+        assert a.watermarked and b.watermarked and b.candidate == "identity"
+        assert b.p_value == pytest.approx(-np.expm1(25 * np.log1p(-a.p_value)), rel=1e-6)
+    assert not both[2].watermarked and both[2].candidate in {name for name, _ in cands}
