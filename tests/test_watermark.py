@@ -160,7 +160,7 @@ def test_clean_watermarked_samples_are_detected_with_bundled_model(key):
     x, _ = generate_watermarked(model, schedule, key, 0xABCD0123, 8, seed=0, steps=50)
     codec = Codec(key, SHAPE)
     v = verify(x, codec, model, schedule, search=False)
-    assert sum(r.watermarked for r in v) >= 6, [r.p_value for r in v]  # 7 of 8 here; eval: clean TPR 0.94 at 1%
+    assert sum(r.watermarked for r in v) >= 6, [r.p_value for r in v]  # eval: clean TPR 0.86-0.94 at 1%
     wrong = verify(x, Codec(WatermarkKey(bytes(32)), SHAPE), model, schedule, search=False)
     assert min(r.p_value for r in wrong) > 1e-3  # null-like (8 draws at alpha 1% may give one by chance)
     assert np.median([r.p_value for r in v]) < 1e-4
@@ -222,19 +222,21 @@ def test_fid_change_reports_both_sets_and_the_spread(trained_tiny, key):
 @needs_bundled
 def test_rotation_search_pays_for_every_candidate_in_the_p_value(key):
     """--search tries the identity, then 24 inverse rotations for what is not yet detected; its p-value is
-    corrected for 16 streams x 25 candidates whether or not the second pass ran, so alpha still holds."""
+    corrected for 256 streams x 25 candidates whether or not the second pass ran, so alpha still holds."""
     from watermark.detect import rotation_candidates
     from watermark.embed import generate_watermarked
 
     cands = rotation_candidates()
     assert len(cands) == 25 and cands[0] == ("identity", 0.0)
     model, schedule, _ = load_model(device="cpu")
-    x, _ = generate_watermarked(model, schedule, key, 0xABCD0123, 2, seed=0, steps=50)
+    x, _ = generate_watermarked(model, schedule, key, 0xABCD0123, 3, seed=0, steps=50)
     plain = (torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(9)) > 0.8).float() * 2 - 1
     codec = Codec(key, SHAPE)
     one = verify(torch.cat([x, plain]), codec, model, schedule, search=False)
     both = verify(torch.cat([x, plain]), codec, model, schedule, search=True)
-    for a, b in zip(one[:2], both[:2]):  # found as they are: the same reading, corrected for 400 tests, not 16
-        assert a.watermarked and b.watermarked and b.candidate == "identity"
-        assert b.p_value == pytest.approx(-np.expm1(25 * np.log1p(-a.p_value)), rel=1e-6)
-    assert not both[2].watermarked and both[2].candidate in {name for name, _ in cands}
+    strong = [i for i in range(3) if one[i].p_value < 1e-5]  # detected at the identity even after 25x the tests
+    assert strong, [r.p_value for r in one]
+    for i in strong:  # the same reading, corrected for 25x more tests
+        assert both[i].watermarked and both[i].candidate == "identity"
+        assert both[i].p_value == pytest.approx(-np.expm1(25 * np.log1p(-one[i].p_value)), rel=1e-6)
+    assert not both[3].watermarked and both[3].candidate in {name for name, _ in cands}
