@@ -10,12 +10,10 @@ samples' FID for the same seeds comes from `fid_change` (it does not depend on t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from generator.checkpoint import load_model
 from generator.classifier import load_classifier, predict
@@ -25,9 +23,9 @@ from generator.metrics import fid
 from generator.samplers import ddim_invert
 from watermark.detect import read_latent, sidak
 from watermark.embed import Codec, Scheme, generate_watermarked
-from watermark.keys import WatermarkKey
+from watermark.evaluate import tpr_at_fpr
 
-PAYLOAD = 0xC0FFEE42
+from compare_statistics import PAYLOAD, bench_key, latents  # same folder: the shared bench key and latent cache
 
 
 def main():
@@ -39,10 +37,9 @@ def main():
     ap.add_argument("--cache", default="runs/wm_stats")
     a = ap.parse_args()
     model, sched, _ = load_model()
-    key = WatermarkKey(hashlib.sha256(b"ddpm-guard bench key").digest())
-    neg_file = Path(a.cache) / "neg_1000.pt"
+    key = bench_key()
     held = load_dataset("mnist5k", "heldout").images
-    neg = torch.load(neg_file) if neg_file.exists() else ddim_invert(model, sched, held, 10)
+    neg = latents("neg_1000", held, model, sched, Path(a.cache))
     net = load_classifier()
     ref = predict(net, held)[0].numpy()
     for nb in a.nonce_bits:
@@ -53,9 +50,8 @@ def main():
         m = scheme.num_nonces
         p = np.array([sidak(r.p_value, m) for r in read_latent(codec, lat)])
         pn = np.array([sidak(r.p_value, m) for r in read_latent(codec, neg)])
-        thr = np.quantile(-np.log10(pn), 0.99, method="higher")
         row = {"nonce_bits": nb, "streams": m, "tpr_at_alpha": float((p < 0.01).mean()),
-               "tpr_at_1pct_empirical": float((-np.log10(p) > thr).mean()), "fpr_at_alpha": float((pn < 0.01).mean()),
+               "tpr_at_1pct_empirical": tpr_at_fpr(-np.log10(pn), -np.log10(p)), "fpr_at_alpha": float((pn < 0.01).mean()),
                "fid_watermarked": {}}
         for s in a.fid_seeds:
             x = quantize(generate_watermarked(model, sched, key, PAYLOAD, a.fid_n, scheme=scheme, seed=s)[0])
