@@ -6,6 +6,7 @@ each file through the safe decoder and reports unreadable files per file instead
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,44 @@ from tqdm.auto import tqdm
 
 from generator.checkpoint import default_device, load_tensors, read_config, save_json, save_tensors
 from generator.errors import GuardError
-from generator.image_io import expand_paths, fit_to, load_image
+from generator.image_io import decode_image, expand_paths, fit_to, read_bytes, to_tensor
 from detector.calibrate import Fusion, Platt
 from detector.model import DetectorConfig, DetectorNet
 
 DETECTOR_FORMAT = "ddpm-guard/detector-v1"
 BUNDLED_DETECTOR = Path(__file__).parent / "weights" / "default"
+
+
+@dataclass(frozen=True)
+class DomainRules:
+    """What the detector was trained on, as rules on the decoded file (before any resizing).
+
+    A first, structural out-of-domain gate: an image these rules reject gets `in_domain: false` with
+    the reason instead of a confident verdict. The bundled detector knows 28x28 light-on-dark grey
+    digits. The numbers are format facts, not fitted: Pillow's grey JPEGs decode with zero chroma,
+    skimage's photographs have a mean channel spread of 38-114 levels and a median grey of 100-180,
+    MNIST digits a median of 0. A detector folder may override them under "domain" in config.json."""
+    max_scale: float = 4.0  # longer side at most this many times the model's input
+    max_aspect: float = 1.5  # longer side / shorter side
+    max_colour_spread: float = 12.0  # mean over pixels of max - min channel, in 8-bit levels
+    max_median_grey: float = 96.0  # the background must be dark (digits are light strokes on black)
+
+    def check(self, img, image_size: int) -> tuple[bool, str | None]:
+        """(in_domain, reason) for a decoded PIL image in mode L or RGB."""
+        w, h = img.size
+        if max(w, h) > self.max_scale * image_size:
+            return False, f"a {w}x{h} image; this detector knows {image_size}x{image_size} digits"
+        if max(w, h) > self.max_aspect * min(w, h):
+            return False, f"a {w}x{h} image is not square; this detector knows {image_size}x{image_size} digits"
+        arr = np.asarray(img)
+        if arr.ndim == 3:
+            spread = float((arr.max(-1).astype(np.int16) - arr.min(-1)).mean())
+            if spread > self.max_colour_spread:
+                return False, "a colour image; this detector knows grey digits"
+            arr = np.asarray(img.convert("L"))
+        if float(np.median(arr)) > self.max_median_grey:
+            return False, "a light background; this detector knows light strokes on a dark background"
+        return True, None
 
 
 class Detector:
@@ -43,6 +76,14 @@ class Detector:
         x = fit_to(images, (cfg.in_chans, cfg.image_size, cfg.image_size))
         out = [self.net(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
         return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+    @property
+    def domain(self) -> DomainRules:
+        return DomainRules(**self.meta.get("domain", {}))
+
+    def in_domain(self, img) -> tuple[bool, str | None]:
+        """(in_domain, reason) for a decoded PIL image: does this detector know this kind of image?"""
+        return self.domain.check(img, self.config.image_size)
 
     def generator(self):
         if self._generator is None:
@@ -103,8 +144,8 @@ def load_detector(folder: str | Path | None = None, device: str | torch.device |
 
 def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = False, batch_size: int = 256,
                  progress: bool = False) -> list[dict]:
-    """One row per image: {path, p_synthetic, synthetic, scores} or {path, error} for a file that cannot be
-    read. Files are decoded one by one (each through the safe decoder) and scored in batches."""
+    """One row per image: {path, p_synthetic, synthetic, in_domain, reason, scores} or {path, error} for a file
+    that cannot be read. `in_domain` false means the verdict is not to be trusted (see DomainRules). Files are decoded one by one (each through the safe decoder) and scored in batches."""
     cfg = detector.config
     mode = "L" if cfg.in_chans == 1 else "RGB"
     items = expand_paths(paths)
@@ -127,10 +168,13 @@ def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = Fals
             rows[i]["error"] = problem
             continue
         try:
-            img = load_image(p, mode=mode)
+            pil = decode_image(read_bytes(p), name=str(p))
         except GuardError as e:
             rows[i]["error"] = str(e)
             continue
+        ok, reason = detector.in_domain(pil)
+        rows[i].update(in_domain=ok, reason=reason)
+        img = to_tensor(pil.convert(mode) if pil.mode != mode else pil)
         pending.append((i, fit_to(img[None], (cfg.in_chans, cfg.image_size, cfg.image_size))[0]))
         if len(pending) >= batch_size:
             flush()

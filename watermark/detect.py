@@ -159,13 +159,13 @@ def verify(images: torch.Tensor, codec: Codec, model: torch.nn.Module, schedule,
     out = []
     for p, rd, name in best:
         p_adj = sidak(p, m)
-        payload, valid = _decode_payload(codec, rd.message)
+        payload, valid = decode_payload(codec, rd.message)
         out.append(Verdict(p_adj < alpha, p_adj, payload if valid else None, valid, rd.errors_corrected, name,
                            {"decoded_payload": payload}))
     return out
 
 
-def _decode_payload(codec: Codec, bits: np.ndarray) -> tuple[str, bool]:
+def decode_payload(codec: Codec, bits: np.ndarray) -> tuple[str, bool]:
     s = codec.scheme
     pbits, tbits = bits[: s.payload_bits], bits[s.payload_bits:]
     value = int("".join(map(str, pbits.tolist())), 2)

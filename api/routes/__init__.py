@@ -1,0 +1,1 @@
+"""Thin routes: each parses, calls one library function and shapes the response."""

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import base64
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from api.deps import AccountDep, RuntimeDep
+from api.runtime import generate_signed, zip_files
+from api.schemas import GeneratedImage, GenerateRequest, GenerateResponse
+
+router = APIRouter(prefix="/v1", tags=["generate"])
+
+
+@router.post("/generate", response_model=GenerateResponse, summary="Watermarked, C2PA-signed digits",
+             responses={200: {"content": {"application/zip": {}}}, 400: {}, 401: {}, 429: {}})
+async def generate(req: GenerateRequest, request: Request, rt: RuntimeDep, account: AccountDep):
+    files = await run_in_threadpool(generate_signed, rt, account, req.n, label=req.label, steps=req.steps,
+                                    seed=req.seed, guidance=req.guidance)
+    if "application/zip" in request.headers.get("accept", ""):
+        return Response(zip_files(files), media_type="application/zip",
+                        headers={"Content-Disposition": 'attachment; filename="ddpm-guard.zip"'})
+    return GenerateResponse(account=account.name, seed=files[0]["seed"], images=[
+        GeneratedImage(filename=f["filename"], png_base64=base64.b64encode(f["png"]).decode(), label=f["label"],
+                       payload=f["payload"]) for f in files])

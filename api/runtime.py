@@ -1,0 +1,118 @@
+"""The loaded state the CLI and the service share: settings, database, key ring, signer, models.
+
+`prepare_home` creates what a first start needs (0700 home, a 0600 service key, a local C2PA CA and
+signer); `open_runtime` loads it all once. The service calls both in its lifespan, never at import.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from generator.errors import GuardError
+from api.scan import Scanner
+from api.settings import Settings
+from api.store import Account, Store
+
+SERVICE_KEY_LABEL = "service"
+
+
+def prepare_home(settings: Settings) -> None:
+    """First start: the home folder (0700), the service's watermark key (0600) and a C2PA signer."""
+    from watermark.keys import new_key_file
+    from watermark.manifest import new_signer
+
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        settings.keys_dir.mkdir(exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise GuardError(f"{settings.home}: cannot create the service home ({e.strerror})") from None
+    if not (settings.keys_dir / f"{SERVICE_KEY_LABEL}.key").exists():
+        new_key_file(settings.keys_dir / f"{SERVICE_KEY_LABEL}.key")
+    if not (settings.signer_dir / "signer.pem").exists():
+        new_signer(settings.signer_dir, settings.organization)
+
+
+def load_key_ring(folder: Path, extra: list[str] | None = None) -> dict:
+    """{label: key} for every *.key in `folder` (label = file stem) plus extra key files."""
+    from watermark.keys import load_key
+
+    ring = {}
+    files = sorted(folder.glob("*.key")) if folder.is_dir() else []
+    for f in files + [Path(p) for p in extra or []]:
+        label = f.stem
+        while label in ring:
+            label += "'"
+        ring[label] = load_key(f)
+    return ring
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    scanner: Scanner
+    model: torch.nn.Module
+    schedule: object
+    signer: object | None  # watermark.manifest.ManifestSigner
+    service_key: object | None  # watermark.keys.WatermarkKey
+
+
+def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, watermark: bool = True) -> Runtime:
+    """Load the models and the home's state. `watermark=False` skips the watermark check in scans."""
+    from detector.predict import load_detector
+    from generator.checkpoint import load_model
+    from watermark.manifest import load_signer, load_trust_anchors
+
+    store = Store(settings.db_url)
+    model, schedule, _ = load_model(settings.checkpoint)
+    ring = load_key_ring(settings.keys_dir, extra_keys) if watermark else {}
+    anchors = load_trust_anchors(settings.anchor_files())
+    scanner = Scanner(detector=load_detector(settings.detector), model=model if ring else None, schedule=schedule,
+                      keys=ring, trust_anchors=anchors, alpha=settings.alpha, account_name=store.account_name)
+    signer = load_signer(settings.signer_dir) if (settings.signer_dir / "signer.pem").exists() else None
+    return Runtime(settings, store, scanner, model, schedule, signer, ring.get(SERVICE_KEY_LABEL))
+
+
+def generate_signed(rt: Runtime, account: Account, n: int, *, label: int | None = None, steps: int | None = None,
+                    seed: int | None = None, guidance: float | None = None) -> list[dict]:
+    """n watermarked, signed PNGs for an account: the watermark's payload is the account id, and the
+    C2PA manifest names the account. [{filename, png, label, payload, seed}]."""
+    from generator.image_io import encode_png
+    from generator.pipeline import DEFAULT_GUIDANCE
+    from watermark.embed import generate_watermarked
+    from watermark.manifest import sign_png
+
+    if rt.service_key is None or rt.signer is None:
+        raise GuardError("the service has no watermark key or signer; restart it to create them")
+    if not 1 <= n <= rt.settings.max_generate:
+        raise GuardError(f"n must be between 1 and {rt.settings.max_generate}, got {n}")
+    seed = secrets.randbits(31) if seed is None else seed
+    images, labels = generate_watermarked(rt.model, rt.schedule, rt.service_key, account.id, n, label=label,
+                                          steps=steps, seed=seed,
+                                          guidance=DEFAULT_GUIDANCE if guidance is None else guidance)
+    payload = f"{account.id:08x}"
+    out = []
+    for i, img in enumerate(images):
+        lab = None if labels is None else int(labels[i])
+        name = f"ddpm-guard_{seed}_{i:03d}" + (f"_label{lab}" if lab is not None else "") + ".png"
+        png = sign_png(encode_png(img), rt.signer, title=name,
+                       assertion={"account": account.name, "payload": payload, "key_label": SERVICE_KEY_LABEL})
+        out.append({"filename": name, "png": png, "label": lab, "payload": payload, "seed": seed})
+    return out
+
+
+def zip_files(files: list[dict]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:  # PNGs are already compressed
+        for f in files:
+            z.writestr(f["filename"], f["png"])
+    return buf.getvalue()
+
+
+__all__ = ["Runtime", "open_runtime", "prepare_home", "load_key_ring", "generate_signed", "zip_files"]

@@ -1,0 +1,82 @@
+"""The service's typed request and response models (the OpenAPI schema at /docs is built from these)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Verdict = Literal["watermarked-ours", "signed-synthetic", "synthetic", "likely-real", "out-of-domain", "unreadable"]
+
+
+class WatermarkEvidence(BaseModel):
+    checked: bool = Field(description="false when the scan had no key ring to test")
+    detected: bool
+    p_value: float | None = Field(None, description="Sidak-corrected over every key and nonce of the ring")
+    payload: str | None = Field(None, description="hex payload, when its keyed tag confirms it")
+    account: str | None = Field(None, description="the account whose id the payload carries")
+    key_label: str | None = None
+
+
+class C2paEvidence(BaseModel):
+    present: bool
+    status: Literal["Trusted", "Valid", "Invalid"] | None = None
+    digital_source_type: str | None = None
+    signer: str | None = None
+
+
+class MetadataEvidence(BaseModel):
+    c2pa: C2paEvidence
+    iptc_digital_source_type: str | None = None
+
+
+class ImageInfo(BaseModel):
+    format: str | None
+    width: int
+    height: int
+
+
+class ScanRow(BaseModel):
+    path: str = Field(description="the uploaded file name")
+    verdict: Verdict
+    explanation: str = Field(description="one plain sentence naming the evidence that decided")
+    p_synthetic: float | None = None
+    synthetic: bool | None = None
+    in_domain: bool | None = None
+    domain_reason: str | None = None
+    account: str | None = Field(None, description="who made it, from the watermark payload or a Trusted manifest")
+    watermark: WatermarkEvidence | None = None
+    metadata: MetadataEvidence | None = None
+    image: ImageInfo | None = None
+    sha256: str | None = None
+    error: str | None = None
+
+
+class ScanResponse(BaseModel):
+    results: list[ScanRow]
+
+
+class GenerateRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    n: int = Field(1, ge=1, le=1024, description="images to make (the service caps it, default 64)")
+    label: int | None = Field(None, ge=0, le=1_000_000, description="class to draw; default spreads over all")
+    steps: int | None = Field(None, ge=1, le=1000, description="DDIM steps (default 50)")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="same seed, same images; default random")
+    guidance: float | None = Field(None, ge=0.0, le=20.0, description="classifier-free guidance scale")
+
+
+class GeneratedImage(BaseModel):
+    filename: str
+    png_base64: str
+    label: int | None
+    payload: str = Field(description="the watermark's payload: the calling account's id, hex")
+
+
+class GenerateResponse(BaseModel):
+    account: str
+    seed: int
+    images: list[GeneratedImage]
+
+
+class Health(BaseModel):
+    status: str

@@ -1,0 +1,127 @@
+"""The HTTP service: `create_app()`. Models load in the lifespan, never at import; routes are thin.
+
+Hardening that Starlette and uvicorn do not do for us: a request body limit enforced before any
+parsing (Content-Length checked up front, streamed bodies counted as they arrive), a cap on files
+per request, the project's one safe decoder on every image, and user errors as 4xx with one clear
+message. No request header, key or secret is ever logged or echoed.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from generator.errors import GuardError
+from api.batching import Batcher
+from api.deps import RateLimiter
+from api.runtime import Runtime, open_runtime, prepare_home
+from api.scan import scan_items
+from api.settings import Settings, load_settings
+
+log = logging.getLogger("ddpm_guard.service")
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for a body over `limit` bytes, before the app parses anything."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.limit
+            except ValueError:
+                return await _reject(send, 400, "invalid Content-Length")
+            if too_big:
+                return await _reject(send, 413, f"request body over the {self.limit}-byte limit")
+        seen, started = 0, False
+
+        async def counted():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return msg
+
+        async def tracking_send(msg):
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, counted, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _reject(send, 413, f"request body over the {self.limit}-byte limit")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _reject(send, code: int, detail: str) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": code,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """The app. `runtime` (tests) skips loading; otherwise the lifespan prepares the home and loads."""
+    settings = settings or (runtime.settings if runtime else load_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if runtime is None:
+            await run_in_threadpool(prepare_home, settings)
+            app.state.runtime = await run_in_threadpool(open_runtime, settings)
+        else:
+            app.state.runtime = runtime
+        await app.state.batcher.start()
+        log.info("ready: home %s, %d watermark key(s) in the ring", settings.home, len(app.state.runtime.scanner.keys))
+        try:
+            yield
+        finally:
+            await app.state.batcher.stop()
+            app.state.runtime = None
+
+    app = FastAPI(title="ddpm-guard", version="0.1.0", lifespan=lifespan,
+                  description="Generate watermarked, signed images and scan uploads for synthetic content.")
+    app.state.runtime = None
+    app.state.settings = settings
+    app.state.limiter = RateLimiter(settings.rate_limit_per_minute)
+    app.state.batcher = Batcher(scan_items, window_ms=settings.batch_window_ms, max_batch=settings.max_batch)
+
+    @app.exception_handler(GuardError)
+    async def guard_error(_request: Request, exc: GuardError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    from api.routes import generate, health, scan
+
+    app.include_router(health.router)
+    app.include_router(scan.router)
+    app.include_router(generate.router)
+    _metrics(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def _metrics(app: FastAPI) -> None:
+    """Prometheus text at /metrics (request counters, latency histograms), hidden from the schema."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    Instrumentator(registry=CollectorRegistry(), excluded_handlers=["/metrics"]).instrument(app).expose(
+        app, include_in_schema=False)
