@@ -67,6 +67,11 @@ def cmd_sample(a: argparse.Namespace) -> int:
         key, payload = _load_key(a.watermark_key), parse_payload(a.payload)
     elif a.payload is not None:
         raise GuardError("--payload needs --watermark-key")
+    signer = None
+    if a.sign:  # refuse a missing signer before minutes of sampling, not after
+        from watermark.manifest import load_signer
+
+        signer = load_signer(a.sign)
     model, schedule, _ = load_model(a.checkpoint)
     kw = dict(label=a.label, guidance=a.guidance, sampler=a.sampler, steps=a.steps, eta=a.eta,
               variance=a.variance, seed=a.seed, precision=a.precision, progress=not a.json)
@@ -77,6 +82,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
     else:
         images, labels = generate(model, schedule, a.n, **kw)
     paths = write_samples(images, a.out, labels)
+    if signer is not None:
+        _sign_files(paths, signer, {"payload": None if payload is None else f"{payload:08x}",
+                                    "key_fingerprint": None if key is None else key.fingerprint})
     for i, p in enumerate(paths):
         rec = {"path": str(p), "label": None if labels is None else int(labels[i]), "seed": a.seed,
                "watermarked": key is not None}
@@ -88,6 +96,15 @@ def cmd_sample(a: argparse.Namespace) -> int:
         mark = f", watermarked with key {key.fingerprint} payload {payload:08x}" if key is not None else ""
         print(f"wrote {len(paths)} samples and {Path(a.out) / 'grid.png'}{mark}")
     return 0
+
+
+def _sign_files(paths: list[Path], signer, assertion: dict) -> None:
+    """Rewrite PNGs in place with the IPTC XMP source type and a signed C2PA manifest (atomic writes)."""
+    from generator.fsutil import atomic_write_bytes
+    from watermark.manifest import sign_png
+
+    for p in paths:
+        atomic_write_bytes(p, sign_png(Path(p).read_bytes(), signer, title=Path(p).name, assertion=assertion))
 
 
 def cmd_eval_gen(a: argparse.Namespace) -> int:
@@ -107,6 +124,56 @@ def cmd_keys_new(a: argparse.Namespace) -> int:
 
     key = new_key_file(a.out)
     print(json.dumps({"key_file": str(a.out), "key_fingerprint": key.fingerprint, "mode": "0600"}))
+    return 0
+
+
+def cmd_keys_new_signer(a: argparse.Namespace) -> int:
+    from watermark.manifest import new_signer
+
+    new_signer(a.out, a.organization)
+    print(json.dumps({"signer": str(a.out), "trust_anchor": str(Path(a.out) / "ca.pem"), "organization": a.organization}))
+    return 0
+
+
+def cmd_keys_new_api(a: argparse.Namespace) -> int:
+    from api.runtime import prepare_home
+    from api.settings import load_settings
+    from api.store import Store
+
+    settings = load_settings(a.home)
+    prepare_home(settings)
+    account, key = Store(settings.db_url).new_api_key(a.account)
+    print(json.dumps({"account": account.name, "account_id": account.id, "api_key": key}))
+    return 0
+
+
+def cmd_scan(a: argparse.Namespace) -> int:
+    from api.runtime import open_runtime
+    from api.scan import scan_paths
+    from api.settings import load_settings
+
+    settings = load_settings(a.home, alpha=a.alpha, detector=a.detector,
+                             trust_anchors=a.trust_anchor or None)
+    rt = open_runtime(settings, extra_keys=a.key, watermark=not a.no_watermark)
+    rows = scan_paths(a.paths, rt.scanner, progress=not a.json)
+    if a.json:
+        _print_rows(rows, True, [])
+    else:
+        flat = [{**r, "watermark_p": (r.get("watermark") or {}).get("p_value"),
+                 "c2pa": ((r.get("metadata") or {}).get("c2pa") or {}).get("status")} for r in rows]
+        _print_rows(flat, False, ["path", "verdict", "p_synthetic", "watermark_p", "c2pa", "account", "explanation"])
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.service import create_app
+    from api.settings import load_settings
+
+    app = create_app(load_settings(a.home))
+    # no access log: request lines may carry file names, and headers are never worth the risk
+    uvicorn.run(app, host=a.host, port=a.port, access_log=False, log_level="info", server_header=False)
     return 0
 
 
@@ -268,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON line per written file")
     s.add_argument("--watermark-key", default=None, help="key file (ddpm-guard keys new): embed the watermark")
     s.add_argument("--payload", default=None, help="hex payload carried by the watermark, up to 32 bits (default 0)")
+    s.add_argument("--sign", default=None, metavar="SIGNER_DIR",
+                   help="add a signed C2PA manifest and IPTC XMP DigitalSourceType (keys new-signer makes SIGNER_DIR)")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval-gen", help="FID/KID/precision/recall/class accuracy/memorization of a generator")
@@ -288,6 +357,31 @@ def build_parser() -> argparse.ArgumentParser:
     kn = k.add_parser("new", help="create a 256-bit secret key file with 0600 permissions")
     kn.add_argument("--out", required=True)
     kn.set_defaults(func=cmd_keys_new)
+    ks = k.add_parser("new-signer", help="create a local CA and a C2PA signing certificate (private keys 0600)")
+    ks.add_argument("--out", required=True, help="folder for ca.pem, ca.key, signer.pem, signer.key")
+    ks.add_argument("--organization", default="ddpm-guard", help="the certificate's Organization (O=)")
+    ks.set_defaults(func=cmd_keys_new_signer)
+    ka = k.add_parser("new-api", help="create an API key for an account of the service; printed once, stored hashed")
+    ka.add_argument("--account", required=True)
+    ka.add_argument("--home", default=None, help="the service home (default $DDPM_GUARD_HOME or ~/.ddpm-guard)")
+    ka.set_defaults(func=cmd_keys_new_api)
+
+    sc = sub.add_parser("scan", help="one verdict per image: our watermark, signed metadata, then the classifier")
+    sc.add_argument("paths", nargs="+", help="image files or folders")
+    sc.add_argument("--key", action="append", default=[], help="also test this watermark key file (repeatable)")
+    sc.add_argument("--trust-anchor", action="append", default=[], help="PEM file of a trusted C2PA CA (repeatable)")
+    sc.add_argument("--home", default=None, help="service home whose key ring, trust anchors and accounts to use")
+    sc.add_argument("--alpha", type=float, default=None, help="watermark false-positive rate (default 0.01)")
+    sc.add_argument("--detector", default=None, help="detector folder (default: the bundled detector)")
+    sc.add_argument("--no-watermark", action="store_true", help="skip the watermark check (about 20x faster)")
+    sc.add_argument("--json", action="store_true", help="one JSON object per image")
+    sc.set_defaults(func=cmd_scan)
+
+    sv = sub.add_parser("serve", help="run the HTTP service (state in $DDPM_GUARD_HOME, default ~/.ddpm-guard)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=_int_at_least(1), default=8000)
+    sv.add_argument("--home", default=None)
+    sv.set_defaults(func=cmd_serve)
 
     w = sub.add_parser("watermark", help="verify or evaluate the watermark").add_subparsers(dest="wm_command", required=True)
     wv = w.add_parser("verify", help="test images for the watermark of a key")
@@ -364,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ddpm-guard: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ddpm-guard scan --json ... | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

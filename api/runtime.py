@@ -55,7 +55,7 @@ def load_key_ring(folder: Path, extra: list[str] | None = None) -> dict:
 @dataclass
 class Runtime:
     settings: Settings
-    store: Store
+    store: Store | None
     scanner: Scanner
     model: torch.nn.Module
     schedule: object
@@ -69,12 +69,13 @@ def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, wat
     from generator.checkpoint import load_model
     from watermark.manifest import load_signer, load_trust_anchors
 
-    store = Store(settings.db_url)
+    # a CLI scan with no service home reads no accounts and creates no database
+    store = Store(settings.db_url) if (settings.database_url or settings.home.is_dir()) else None
     model, schedule, _ = load_model(settings.checkpoint)
     ring = load_key_ring(settings.keys_dir, extra_keys) if watermark else {}
     anchors = load_trust_anchors(settings.anchor_files())
     scanner = Scanner(detector=load_detector(settings.detector), model=model if ring else None, schedule=schedule,
-                      keys=ring, trust_anchors=anchors, alpha=settings.alpha, account_name=store.account_name)
+                      keys=ring, trust_anchors=anchors, alpha=settings.alpha, account_name=store.account_name if store else None)
     signer = load_signer(settings.signer_dir) if (settings.signer_dir / "signer.pem").exists() else None
     return Runtime(settings, store, scanner, model, schedule, signer, ring.get(SERVICE_KEY_LABEL))
 

@@ -29,18 +29,18 @@ class Settings(BaseModel):
 
     home: Path = Field(default_factory=lambda: Path(os.environ.get("DDPM_GUARD_HOME", "~/.ddpm-guard")).expanduser())
     database_url: str | None = None  # default: sqlite:///HOME/guard.db; any SQLAlchemy URL works
-    max_body_bytes: int = 32 * 1024 * 1024  # whole request, checked before any parsing
-    max_files: int = 64  # files per scan request
-    max_file_bytes: int = 20 * 1024 * 1024  # one image's encoded bytes (the safe decoder's limit)
-    max_generate: int = 64  # images per /v1/generate call
-    rate_limit_per_minute: int = 120  # per API key; 0 disables
-    alpha: float = 0.01  # the watermark test's false-positive rate, for the whole key ring
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # whole request, checked before any parsing
+    max_files: int = Field(64, ge=1)  # files per scan request
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1)  # one image's encoded bytes (the safe decoder's limit)
+    max_generate: int = Field(64, ge=1)  # images per /v1/generate call
+    rate_limit_per_minute: int = Field(120, ge=0)  # per API key; 0 disables
+    alpha: float = Field(0.01, gt=0, lt=1)  # the watermark test's false-positive rate, for the whole key ring
     detector: str | None = None  # detector folder; default: the bundled detector
     checkpoint: str | None = None  # generator checkpoint; default: the bundled model
     organization: str = "ddpm-guard"  # the O= of the C2PA signer made on first start
     trust_anchors: list[str] = Field(default_factory=list)  # extra PEM files; the home's own CA is always trusted
-    batch_window_ms: float = 5.0  # scans arriving within this window share one model call; 0 disables
-    max_batch: int = 64  # images per batched model call
+    batch_window_ms: float = Field(5.0, ge=0)  # scans arriving within this window share one model call; 0 disables
+    max_batch: int = Field(64, ge=1)  # images per batched model call
 
     @property
     def db_url(self) -> str:

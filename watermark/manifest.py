@@ -230,7 +230,7 @@ def read_metadata(data: bytes, trust_anchors: str | None = None) -> dict:
                      "assertion": None},
             "iptc_digital_source_type": iptc_source_type(data)}
     mime = next((m for sig, m in _MIME.items() if data.startswith(sig)), None)
-    if mime is None:
+    if mime is None or b"c2pa" not in data:  # every embedded manifest store carries the JUMBF label "c2pa"
         return meta
     import c2pa
 

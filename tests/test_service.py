@@ -1,0 +1,307 @@
+"""The HTTP service and the scan behind it: routes with tiny models swapped in, hardened input, auth,
+rate limit, metrics, the signed round trip, and a bounded schemathesis run over the OpenAPI schema."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from api.runtime import Runtime, load_key_ring, prepare_home
+from api.scan import Scanner, scan_items
+from api.service import create_app
+from api.settings import load_settings
+from api.store import Store
+from detector.calibrate import Platt
+from detector.model import DetectorConfig, DetectorNet
+from detector.predict import Detector
+from generator.checkpoint import load_model
+from generator.image_io import decode_image
+from watermark.manifest import load_signer, load_trust_anchors
+
+
+def _enc(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _digit(v: int = 0) -> Image.Image:
+    arr = np.zeros((28, 28), np.uint8)
+    arr[6:22, 12:16] = 255 - v
+    return Image.fromarray(arr)
+
+
+def _bomb_header(w: int, h: int) -> bytes:
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def tamper_pixels(png: bytes) -> bytes:
+    """Change one pixel of an 8-bit grey PNG and re-emit valid chunks (CRCs right), every other chunk
+    (the C2PA manifest included) untouched: a decodable file whose content no longer matches its manifest."""
+    pos, chunks = 8, []
+    while pos < len(png):
+        n = struct.unpack(">I", png[pos:pos + 4])[0]
+        chunks.append((png[pos + 4:pos + 8], png[pos + 8:pos + 8 + n]))
+        pos += 12 + n
+    raw = bytearray(zlib.decompress(b"".join(d for t, d in chunks if t == b"IDAT")))
+    raw[1 + 29 * 14 + 14] ^= 0x40  # row 14, column 14 (each row: one filter byte + 28 pixels)
+    out, done = [b"\x89PNG\r\n\x1a\n"], False
+    for t, d in chunks:
+        if t == b"IDAT":
+            if done:
+                continue
+            d, done = zlib.compress(bytes(raw)), True
+        out.append(struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF))
+    return b"".join(out)
+
+
+def tiny_detector() -> Detector:
+    torch.manual_seed(0)
+    net = DetectorNet(DetectorConfig(layers=(1, 1, 1, 1), channels=(4, 4, 4, 4)))
+    return Detector(net, Platt(1.0, 0.0), 0.5)
+
+
+def make_runtime(home, generator_dir, **overrides) -> Runtime:
+    settings = load_settings(home, **{"rate_limit_per_minute": 0, "max_body_bytes": 300_000, "max_files": 4,
+                                      "max_generate": 4, "batch_window_ms": 2.0, **overrides})
+    prepare_home(settings)
+    store = Store(settings.db_url)
+    model, schedule, _ = load_model(generator_dir, device="cpu")
+    ring = load_key_ring(settings.keys_dir)
+    scanner = Scanner(tiny_detector(), model, schedule, ring, load_trust_anchors(settings.anchor_files()), 0.01,
+                      store.account_name)
+    return Runtime(settings, store, scanner, model, schedule, load_signer(settings.signer_dir), ring["service"])
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory, trained_tiny):
+    rt = make_runtime(tmp_path_factory.mktemp("home"), trained_tiny[0])
+    _, key = rt.store.new_api_key("alice")
+    with TestClient(create_app(runtime=rt)) as client:
+        yield client, {"X-API-Key": key}, rt
+
+
+def _scan(client, headers, files):
+    return client.post("/v1/scan", headers=headers, files=[("files", f) for f in files])
+
+
+def test_health_ready_metrics_and_docs(svc):
+    client, _, _ = svc
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v1/scan" in paths and "/v1/generate" in paths and "/metrics" not in paths
+    text = client.get("/metrics").text
+    assert "http_requests_total" in text and "http_request_duration_seconds_bucket" in text
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "dg_00000000_wrong"}, {"Authorization": "Bearer nope"},
+                                     {"Authorization": "Basic dXNlcjpwYXNz"}])
+def test_missing_or_wrong_key_is_401_and_never_echoed(svc, headers):
+    client, _, _ = svc
+    r = _scan(client, headers, [("a.png", _enc(_digit()))])
+    assert r.status_code == 401
+    assert "wrong" not in r.text and "nope" not in r.text
+
+
+def test_bearer_and_header_keys_both_work(svc):
+    client, headers, _ = svc
+    bearer = {"Authorization": "Bearer " + headers["X-API-Key"]}
+    for h in (headers, bearer):
+        r = _scan(client, h, [("a.png", _enc(_digit()))])
+        assert r.status_code == 200 and r.json()["results"][0]["verdict"] in ("synthetic", "likely-real")
+
+
+def test_stored_key_is_a_hash_not_the_key(svc):
+    _, headers, rt = svc
+    from api.store import ApiKeyRow
+    with rt.store.session() as s:
+        hashes = [row.key_hash for row in s.query(ApiKeyRow).all()]
+    assert headers["X-API-Key"] not in hashes and all(len(h) == 64 for h in hashes)
+
+
+def test_rate_limit_answers_429_with_retry_after(tmp_path, trained_tiny):
+    rt = make_runtime(tmp_path, trained_tiny[0], rate_limit_per_minute=2)
+    _, key = rt.store.new_api_key("bob")
+    with TestClient(create_app(runtime=rt)) as client:
+        codes = [_scan(client, {"X-API-Key": key}, [("a.png", _enc(_digit()))]) for _ in range(3)]
+    assert [c.status_code for c in codes] == [200, 200, 429]
+    assert int(codes[2].headers["Retry-After"]) >= 1
+
+
+def test_body_limit_and_file_count_limit(svc):
+    client, headers, _ = svc
+    big = _scan(client, headers, [("big.png", b"\0" * 400_000)])
+    assert big.status_code == 413 and "limit" in big.json()["detail"]
+    many = _scan(client, headers, [(f"{i}.png", _enc(_digit())) for i in range(5)])
+    assert many.status_code == 413 and "at most 4 files" in many.json()["detail"]
+
+
+@pytest.mark.parametrize("name,data,reason", [
+    ("bomb.png", _bomb_header(20000, 20000), "pixel"),
+    ("trunc.png", _enc(_digit())[:-30], "corrupt or truncated"),
+    ("notes.txt", b"hello, not an image", "not an image"),
+    ("empty.png", b"", "empty"),
+])
+def test_a_lone_unreadable_file_is_a_422_with_its_reason(svc, name, data, reason):
+    client, headers, _ = svc
+    r = _scan(client, headers, [(name, data)])
+    assert r.status_code == 422 and reason in r.json()["detail"]
+
+
+def test_odd_but_valid_images_are_scored(svc):
+    client, headers, _ = svc
+    cmyk = _enc(Image.new("CMYK", (28, 28), (0, 0, 0, 255)), "JPEG")
+    i16 = _enc(Image.fromarray(np.full((28, 28), 1000, np.uint16)))
+    frames = [_digit(0).convert("P"), _digit(100).convert("P")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    files = [("cmyk.jpg", cmyk), ("deep.png", i16), ("anim.gif", buf.getvalue()), ("bad.png", b"garbage")]
+    rows = _scan(client, headers, files).json()["results"]
+    assert [r["path"] for r in rows] == [f[0] for f in files]
+    assert [r["verdict"] == "unreadable" for r in rows] == [False, False, False, True]
+    assert rows[0]["image"] == {"format": "JPEG", "width": 28, "height": 28}
+    assert all(r["explanation"] for r in rows)
+
+
+def test_out_of_domain_inputs_get_their_own_verdict(svc):
+    client, headers, _ = svc
+    colour = np.zeros((28, 28, 3), np.uint8)
+    colour[..., 0] = 200
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8))
+    white = Image.fromarray(np.full((28, 28), 240, np.uint8))
+    rows = _scan(client, headers, [("red.png", _enc(Image.fromarray(colour))), ("photo.png", _enc(photo)),
+                                   ("page.png", _enc(white))]).json()["results"]
+    assert [r["verdict"] for r in rows] == ["out-of-domain"] * 3
+    assert "colour" in rows[0]["explanation"] and "300x300" in rows[1]["explanation"]
+
+
+def test_generate_watermarks_signs_and_scans_back_as_ours(svc):
+    client, headers, rt = svc
+    bad = client.post("/v1/generate", headers=headers, json={"n": 1, "label": 99})
+    assert bad.status_code == 400 and "unknown label" in bad.json()["detail"]
+    assert client.post("/v1/generate", headers=headers, json={"n": 99}).status_code == 400
+    assert client.post("/v1/generate", json={"n": 1}).status_code == 401
+    r = client.post("/v1/generate", headers=headers, json={"n": 2, "seed": 3, "steps": 10})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["account"] == "alice" and len(body["images"]) == 2
+    acc = rt.store.authenticate(headers["X-API-Key"])
+    assert all(im["payload"] == f"{acc.id:08x}" for im in body["images"])
+    pngs = [base64.b64decode(im["png_base64"]) for im in body["images"]]
+    rows = _scan(client, headers, [(f"g{i}.png", p) for i, p in enumerate(pngs)]).json()["results"]
+    for row in rows:  # the tiny model's watermark is weak: the signed manifest carries the verdict here
+        assert row["metadata"]["c2pa"]["status"] == "Trusted"
+        assert row["verdict"] in ("watermarked-ours", "signed-synthetic") and row["account"] == "alice"
+    z = client.post("/v1/generate", headers={**headers, "Accept": "application/zip"}, json={"n": 2, "seed": 3, "steps": 10})
+    assert z.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(z.content)) as zf:
+        zipped = [zf.read(n) for n in sorted(zf.namelist())]
+    # same seed, same pixels (the manifests differ: each signature has its own instance id)
+    assert [np.asarray(decode_image(p)).tolist() for p in zipped] == [np.asarray(decode_image(p)).tolist() for p in pngs]
+
+
+def test_signed_round_trip_with_the_bundled_model(tmp_path):
+    """End to end with the bundled generator and detector: made by the service, scanned as ours with a
+    Trusted manifest naming the account; stripped of metadata, the watermark still decides; a tampered
+    file's manifest reads Invalid and does not decide."""
+    from detector.predict import load_detector
+
+    rt = make_runtime(tmp_path, None)
+    rt.scanner = Scanner(load_detector(device="cpu"), rt.model, rt.schedule, rt.scanner.keys,
+                         rt.scanner.trust_anchors, 0.01, rt.store.account_name)
+    _, key = rt.store.new_api_key("carol")
+    with TestClient(create_app(runtime=rt)) as client:
+        headers = {"X-API-Key": key}
+        made = client.post("/v1/generate", headers=headers, json={"n": 2, "seed": 1}).json()["images"]
+        pngs = [base64.b64decode(m["png_base64"]) for m in made]
+        stripped = [_enc(decode_image(p)) for p in pngs]
+        tampered = tamper_pixels(pngs[0])
+        files = [("a.png", pngs[0]), ("b.png", pngs[1]), ("a_stripped.png", stripped[0]),
+                 ("b_stripped.png", stripped[1]), ("a_tampered.png", tampered)]
+        rows = {r["path"]: r for r in _scan(client, headers, files[:4]).json()["results"]}
+        rows.update({r["path"]: r for r in _scan(client, headers, files[4:]).json()["results"]})
+    for name in ("a.png", "b.png"):
+        assert rows[name]["verdict"] == "watermarked-ours"
+        assert rows[name]["metadata"]["c2pa"]["status"] == "Trusted" and rows[name]["account"] == "carol"
+    for name in ("a_stripped.png", "b_stripped.png"):
+        assert rows[name]["metadata"]["c2pa"]["present"] is False
+        assert rows[name]["verdict"] == "watermarked-ours" and "stripped" in rows[name]["explanation"]
+    assert rows["a_tampered.png"]["metadata"]["c2pa"]["status"] == "Invalid"
+    # an Invalid manifest never decides (PNG row filters spread the edited byte along its rows, so the
+    # content changed more than one pixel, and whether the weak v1 mark survives is not what this tests)
+    assert rows["a_tampered.png"]["verdict"] != "signed-synthetic"
+
+
+def test_concurrent_scans_share_one_batched_call():
+    import asyncio
+
+    from api.batching import Batcher
+
+    calls = []
+
+    def fn(items, ctx):
+        calls.append(list(items))
+        return [(ctx, it * 10) for it in items]
+
+    async def main():
+        b = Batcher(fn, window_ms=50, max_batch=64)
+        await b.start()
+        try:
+            return await asyncio.gather(b.submit([1, 2], "c"), b.submit([3], "c"), b.submit([4, 5, 6], "c"))
+        finally:
+            await b.stop()
+
+    out = asyncio.run(main())
+    assert out == [[("c", 10), ("c", 20)], [("c", 30)], [("c", 40), ("c", 50), ("c", 60)]]
+    assert len(calls) == 1 and sorted(calls[0]) == [1, 2, 3, 4, 5, 6]
+
+
+def test_no_key_or_secret_reaches_the_logs(svc, caplog):
+    client, headers, _ = svc
+    import logging
+    with caplog.at_level(logging.DEBUG):
+        _scan(client, headers, [("a.png", _enc(_digit()))])
+        _scan(client, {"X-API-Key": "dg_deadbeef_secretattempt"}, [("a.png", _enc(_digit()))])
+    assert headers["X-API-Key"] not in caplog.text and "secretattempt" not in caplog.text
+
+
+def test_schemathesis_finds_no_server_error(svc):
+    """Property-based requests from the OpenAPI schema (bounded): no route answers 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+
+    client, headers, _ = svc
+    schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
+    failures, codes = [], []
+    for op in schema.get_all_operations():
+        operation = op.ok()
+
+        @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def run(case):
+            resp = case.call(headers=headers)
+            codes.append((operation.label, resp.status_code))
+            if resp.status_code >= 500:
+                failures.append((operation.label, resp.status_code, resp.text[:200]))
+            case.validate_response(resp, checks=[not_a_server_error])
+
+        run()
+    assert failures == []
+    ops = {label for label, _ in codes}
+    assert {"POST /v1/scan", "POST /v1/generate", "GET /healthz", "GET /readyz"} <= ops, ops
+    assert any(c == 200 for label, c in codes if label == "POST /v1/generate")  # fuzzing reached the model
