@@ -1,0 +1,125 @@
+"""THE audit scoring function: a batch of (path, bytes | None, error | None) -> flat rows.
+
+Both engines (local, Ray) call `score_batch`, so their rows are equal. A row is the scan's verdict
+(api.scan.scan_items: watermark, metadata, classifier) flattened for CSV, plus the file's size, its
+64-bit difference hash (near duplicates) and, with a training set, the memorization ratio of
+`generator.metrics.memorization` against it. Floats are rounded to 6 decimals so a resumed run,
+whose batches differ, writes the same rows as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from api.scan import Scanner, scan_items
+
+COLUMNS = ("path", "verdict", "p_synthetic", "in_domain", "watermark_detected", "watermark_p", "c2pa_status",
+           "digital_source_type", "account", "sha256", "bytes", "format", "width", "height", "phash",
+           "memorization_ratio", "explanation", "error")
+ROUND = 6
+
+
+def dhash(img) -> str:
+    """64-bit difference hash (Krawetz): grey 9x8, one bit per horizontal gradient sign. Robust to
+    re-encoding and mild resizing; near duplicates differ in a few bits."""
+    from PIL import Image
+
+    small = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).reshape(-1)
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def _r(x):
+    return None if x is None else round(float(x), ROUND)
+
+
+def flatten(row: dict, nbytes: int | None) -> dict:
+    wm, meta = row.get("watermark") or {}, row.get("metadata") or {}
+    c2pa = meta.get("c2pa") or {}
+    img = row.get("image") or {}
+    return {"path": row["path"], "verdict": row["verdict"], "p_synthetic": _r(row.get("p_synthetic")),
+            "in_domain": row.get("in_domain"), "watermark_detected": wm.get("detected") if wm.get("checked") else None,
+            "watermark_p": _r(wm.get("p_value")), "c2pa_status": c2pa.get("status"),
+            "digital_source_type": c2pa.get("digital_source_type") or meta.get("iptc_digital_source_type"),
+            "account": row.get("account"), "sha256": row.get("sha256"), "bytes": nbytes, "format": img.get("format"),
+            "width": img.get("width"), "height": img.get("height"), "phash": None, "memorization_ratio": None,
+            "explanation": row.get("explanation"), "error": row.get("error")}
+
+
+def score_batch(items: list[tuple[str, bytes | None, str | None]], scanner: Scanner | None,
+                training: torch.Tensor | None = None) -> list[dict]:
+    """Flat rows for a batch. `scanner` may be None only when every item already carries an error."""
+    from generator.image_io import decode_image, fit_to, to_tensor
+
+    rows = [flatten(r, None if data is None else len(data)) for r, (_, data, _) in zip(scan_items(items, scanner), items)]
+    decoded = []
+    for row, (_, data, _) in zip(rows, items):
+        if row["verdict"] == "unreadable":
+            continue
+        img = decode_image(data, name=row["path"])  # the same safe decoder; it accepted these bytes once already
+        row["phash"] = dhash(img)
+        decoded.append((row, img))
+    if training is not None and decoded:
+        from generator.metrics import memorization
+
+        shape = tuple(training.shape[1:])
+        x = torch.stack([fit_to(to_tensor(img)[None], shape)[0] for _, img in decoded])
+        ratios = memorization(x, training)["ratio"]
+        for (row, _), r in zip(decoded, ratios):
+            row["memorization_ratio"] = _r(r)
+    return rows
+
+
+def thumbnail_png(data: bytes, size: int = 96) -> bytes:
+    from PIL import Image
+
+    from generator.image_io import decode_image
+
+    img = decode_image(data)
+    img = img.resize((size, size * img.height // max(1, img.width)), Image.Resampling.NEAREST if img.width < size else Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class ScanSpec:
+    """Plain arguments from which any process (a Ray actor too) builds the same Scanner. Keys travel
+    as file paths, never as key material: WatermarkKey refuses to be pickled."""
+
+    def __init__(self, *, detector: str | None = None, checkpoint: str | None = None, key_files: tuple = (),
+                 trust_anchors: str | None = None, alpha: float = 0.01, db_url: str | None = None,
+                 training: str | None = None, device: str | None = None):
+        self.detector, self.checkpoint, self.key_files = detector, checkpoint, tuple(map(str, key_files))
+        self.trust_anchors, self.alpha, self.db_url, self.training, self.device = trust_anchors, alpha, db_url, training, device
+
+    def build(self) -> tuple[Scanner, torch.Tensor | None]:
+        from detector.predict import load_detector
+        from watermark.keys import load_key
+
+        keys = {}
+        for f in self.key_files:
+            label = f.rsplit("/", 1)[-1].removesuffix(".key")
+            while label in keys:
+                label += "'"
+            keys[label] = load_key(f)
+        model = schedule = None
+        if keys:
+            from generator.checkpoint import load_model
+
+            model, schedule, _ = load_model(self.checkpoint, device=self.device)
+        account_name = None
+        if self.db_url:
+            from api.store import Store
+
+            account_name = Store(self.db_url).account_name
+        scanner = Scanner(load_detector(self.detector, device=self.device), model, schedule, keys, self.trust_anchors,
+                          self.alpha, account_name)
+        training = None
+        if self.training:
+            from generator.data import load_dataset
+
+            training = load_dataset(self.training, "train").images
+        return scanner, training
