@@ -15,6 +15,7 @@ import json
 import os
 
 import numpy as np
+import torch
 
 from generator.errors import GuardError
 from api.audit.engine import ScanSpec, score_batch
@@ -56,6 +57,9 @@ class RayScorer:
         self.spec = {k: getattr(spec, k) for k in ("detector", "checkpoint", "key_files", "trust_anchors", "alpha",
                                                    "db_url", "training")}
         self.spec["device"] = "cpu" if address is None else None
+        # a local actor computes with the driver's thread count: a convolution's sums are ordered by its
+        # threads, and equal orders give bit-equal scores, so the two engines' rows are equal
+        self.spec["threads"] = None if address else torch.get_num_threads()
         self.workers = workers or 1
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         if not ray.is_initialized():

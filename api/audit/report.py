@@ -22,11 +22,11 @@ import numpy as np
 from generator.fsutil import atomic_write, atomic_write_bytes
 from api.audit.engine import COLUMNS
 
-DUPLICATE_BITS = 4  # dHash Hamming distance for "near duplicate" (see BENCHMARKS.md, audit: re-saved copies vs distinct digits)
+DUPLICATE_BITS = 2  # pHash Hamming distance for "near duplicate": measured by bench/audit/phash_threshold.py (BENCHMARKS.md)
 
 
 def duplicate_groups(rows: list[dict], max_bits: int = DUPLICATE_BITS) -> list[list[int]]:
-    """Groups (row indices, 2+ each) of files whose dHashes differ in at most `max_bits` bits (union-find
+    """Groups (row indices, 2+ each) of files whose pHashes differ in at most `max_bits` bits (union-find
     over all pairs, in chunks: exact, O(n^2 / chunk) vectorised work)."""
     idx = [i for i, r in enumerate(rows) if r.get("phash")]
     if len(idx) < 2:
