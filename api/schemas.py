@@ -80,3 +80,13 @@ class GenerateResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class AuditJob(BaseModel):
+    id: str
+    status: Literal["queued", "running", "done", "failed"]
+    input: str = Field(description="the uploaded archive's name")
+    done: int = Field(description="files handled so far")
+    total: int = Field(description="files in the archive (0 until the audit has listed them)")
+    error: str | None = None
+    reports: dict[str, str] = Field(default_factory=dict, description="report.html/json/csv links, once done")

@@ -26,22 +26,27 @@ log = logging.getLogger("ddpm_guard.service")
 
 
 class BodyLimit:
-    """Pure ASGI middleware: 413 for a body over `limit` bytes, before the app parses anything."""
+    """Pure ASGI middleware: 413 for a body over its limit, before the app parses anything. `limits`
+    maps path prefixes to their own limit (an audit archive is larger than a scan)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, limits: dict[str, int] | None = None):
+        self.app, self.default, self.limits = app, limit, limits or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = next((v for k, v in self.limits.items() if scope.get("path", "").startswith(k)), self.default)
+        return await self._limited(scope, receive, send, limit)
+
+    async def _limited(self, scope, receive, send, limit: int):
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > self.limit
+                too_big = int(declared) > limit
             except ValueError:
                 return await _reject(send, 400, "invalid Content-Length")
             if too_big:
-                return await _reject(send, 413, f"request body over the {self.limit}-byte limit")
+                return await _reject(send, 413, f"request body over the {limit}-byte limit")
         seen, started = 0, False
 
         async def counted():
@@ -49,7 +54,7 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _TooLarge()
             return msg
 
@@ -62,7 +67,7 @@ class BodyLimit:
             await self.app(scope, counted, tracking_send)
         except _TooLarge:
             if not started:
-                await _reject(send, 413, f"request body over the {self.limit}-byte limit")
+                await _reject(send, 413, f"request body over the {limit}-byte limit")
 
 
 class _TooLarge(Exception):
@@ -90,10 +95,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         else:
             app.state.runtime = runtime
         await app.state.batcher.start()
+        app.state.audit_worker = _audit_worker(app.state.runtime)
+        app.state.audit_worker.start()
         log.info("ready: home %s, %d watermark key(s) in the ring", settings.home, len(app.state.runtime.scanner.keys))
         try:
             yield
         finally:
+            await run_in_threadpool(app.state.audit_worker.stop)
             await app.state.batcher.stop()
             app.state.runtime = None
 
@@ -108,14 +116,29 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     async def guard_error(_request: Request, exc: GuardError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    from api.routes import generate, health, scan
+    from api.routes import audit, generate, health, scan
 
     app.include_router(health.router)
     app.include_router(scan.router)
     app.include_router(generate.router)
+    app.include_router(audit.router)
     _metrics(app)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, limits={"/v1/audit": settings.max_audit_bytes})
     return app
+
+
+def _audit_worker(rt: Runtime):
+    """The audit worker: the default checks, and the deep spec with the service's key ring for
+    jobs that ask for the watermark check. Keys go to it as file paths, like to a Ray actor."""
+    from api.audit.engine import ScanSpec
+    from api.audit_jobs import AuditWorker
+    from api.store import AuditJobs
+
+    s = rt.settings
+    base = dict(detector=s.detector, checkpoint=s.checkpoint, trust_anchors=rt.scanner.trust_anchors, alpha=s.alpha,
+                db_url=s.db_url)
+    key_files = tuple(str(p) for p in sorted(s.keys_dir.glob("*.key"))) if s.keys_dir.is_dir() else ()
+    return AuditWorker(s, AuditJobs(rt.store), ScanSpec(**base), ScanSpec(**base, key_files=key_files) if key_files else None)
 
 
 def _metrics(app: FastAPI) -> None:

@@ -31,6 +31,7 @@ class Settings(BaseModel):
     database_url: str | None = None  # default: sqlite:///HOME/guard.db; any SQLAlchemy URL works
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # whole request, checked before any parsing
     max_files: int = Field(64, ge=1)  # files per scan request
+    max_audit_bytes: int = Field(2 * 1024**3, ge=1024)  # an uploaded audit archive (POST /v1/audit only)
     max_file_bytes: int = Field(20 * 1024 * 1024, ge=1)  # one image's encoded bytes (the safe decoder's limit)
     max_generate: int = Field(64, ge=1)  # images per /v1/generate call
     rate_limit_per_minute: int = Field(120, ge=0)  # per API key; 0 disables

@@ -48,6 +48,20 @@ class ApiKeyRow(Base):
     revoked: Mapped[bool] = mapped_column(default=False)
 
 
+class AuditJobRow(Base):
+    __tablename__ = "audit_jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | done | failed
+    input_name: Mapped[str] = mapped_column(String(255))
+    watermark: Mapped[bool] = mapped_column(default=False)
+    done: Mapped[int] = mapped_column(default=0)
+    total: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(String(1000), default=None)
+    created: Mapped[_dt.datetime] = mapped_column(default=_now)
+    updated: Mapped[_dt.datetime] = mapped_column(default=_now)
+
+
 @dataclass(frozen=True)
 class Account:
     id: int
@@ -130,6 +144,43 @@ class Store:
             row.revoked = True
             s.commit()
             return True
+
+
+class AuditJobs:
+    """Audit jobs in the same database: created queued, picked up in order, resumable after a restart."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def create(self, account: Account, input_name: str, watermark: bool) -> str:
+        job_id = secrets.token_hex(8)
+        with self.store.session() as s:
+            s.add(AuditJobRow(id=job_id, account_id=account.id, input_name=input_name[:255], watermark=watermark))
+            s.commit()
+        return job_id
+
+    def get(self, job_id: str, account: Account | None = None) -> AuditJobRow | None:
+        with self.store.session() as s:
+            row = s.get(AuditJobRow, job_id)
+            if row is None or (account is not None and row.account_id != account.id):
+                return None  # another account's job is as absent as a missing one
+            return row
+
+    def update(self, job_id: str, **fields) -> None:
+        with self.store.session() as s:
+            row = s.get(AuditJobRow, job_id)
+            if row is not None:
+                for k, v in fields.items():
+                    setattr(row, k, v)
+                row.updated = _now()
+                s.commit()
+
+    def unfinished(self) -> list[str]:
+        """Jobs a stopped service left queued or running, oldest first."""
+        with self.store.session() as s:
+            rows = s.scalars(select(AuditJobRow).where(AuditJobRow.status.in_(("queued", "running")))
+                             .order_by(AuditJobRow.created)).all()
+            return [r.id for r in rows]
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

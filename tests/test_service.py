@@ -4,6 +4,7 @@ rate limit, metrics, the signed round trip, and a bounded schemathesis run over 
 from __future__ import annotations
 
 import base64
+import json
 import io
 import struct
 import zipfile
@@ -305,3 +306,71 @@ def test_schemathesis_finds_no_server_error(svc):
     ops = {label for label, _ in codes}
     assert {"POST /v1/scan", "POST /v1/generate", "GET /healthz", "GET /readyz"} <= ops, ops
     assert any(c == 200 for label, c in codes if label == "POST /v1/generate")  # fuzzing reached the model
+
+
+def _zip_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _wait_done(client, headers, job_id, timeout=120):
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/v1/audit/{job_id}", headers=headers).json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"audit job {job_id} did not finish: {job}")
+
+
+def test_audit_job_over_the_service(svc):
+    client, headers, rt = svc
+    archive = _zip_of({"a/real.png": _enc(_digit()), "b/other.png": _enc(_digit(40)), "notes.txt": b"hi",
+                       "../evil.png": _enc(_digit())})
+    assert client.post("/v1/audit", headers=headers, files={"archive": ("x.rar", b"...")}).status_code == 400
+    assert client.post("/v1/audit", files={"archive": ("d.zip", archive)}).status_code == 401
+    r = client.post("/v1/audit", headers=headers, files={"archive": ("d.zip", archive)})
+    assert r.status_code == 202 and r.json()["status"] in ("queued", "running", "done")
+    job = _wait_done(client, headers, r.json()["id"])
+    assert job["status"] == "done" and job["total"] == 4 and set(job["reports"]) == {"report.html", "report.json", "report.csv"}
+    report = client.get(job["reports"]["report.json"], headers=headers).json()
+    assert report["summary"]["files"] == 4 and report["summary"]["counts"]["unreadable"] == 2
+    assert client.get(job["reports"]["report.html"], headers=headers).headers["content-type"].startswith("text/html")
+    _, other = rt.store.new_api_key("mallory")  # another account sees nothing
+    assert client.get(f"/v1/audit/{job['id']}", headers={"X-API-Key": other}).status_code == 404
+    assert client.get(job["reports"]["report.json"], headers={"X-API-Key": other}).status_code == 404
+
+
+def test_an_interrupted_audit_job_resumes_when_the_service_starts_again(tmp_path, trained_tiny):
+    from api.audit import run_audit
+    from api.audit.engine import ScanSpec
+    from api.audit_jobs import job_dir
+    from api.store import AuditJobs
+
+    rt = make_runtime(tmp_path / "home", trained_tiny[0])
+    account, key = rt.store.new_api_key("zoe")
+    files = {f"d/{i:02d}.png": _enc(_digit(i * 7)) for i in range(12)}
+    jobs = AuditJobs(rt.store)
+    job_id = jobs.create(account, "d.zip", False)
+    folder = job_dir(rt.settings, job_id)
+    folder.mkdir(parents=True)
+    (folder / "input.zip").write_bytes(_zip_of(files))
+    spec = ScanSpec(detector=None, device="cpu")
+    # the service died after 4 of 12 files: journal written, job left "running"
+    assert run_audit(folder / "input.zip", folder / "report", spec, batch=4, progress=False, stop_after=4) == {"stopped_after": 4}
+    jobs.update(job_id, status="running")
+    with TestClient(create_app(runtime=rt)) as client:
+        job = _wait_done(client, {"X-API-Key": key}, job_id)
+    assert job["status"] == "done" and job["done"] == 12
+    journal = (folder / "report" / "journal.jsonl").read_text().splitlines()
+    assert len(journal) == 12  # nothing scored twice
+    (tmp_path / "fresh.zip").write_bytes(_zip_of(files))
+    run_audit(tmp_path / "fresh.zip", tmp_path / "fresh", spec, progress=False)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("path", "explanation", "error")} for r in rows]  # noqa: E731
+    resumed = json.loads((folder / "report" / "report.json").read_text())["rows"]
+    fresh = json.loads((tmp_path / "fresh" / "report.json").read_text())["rows"]
+    assert strip(resumed) == strip(fresh)

@@ -64,11 +64,12 @@ def _read_items(batch: list[Entry], done: dict[str, dict]) -> tuple[list, int]:
 def run_audit(source: str | os.PathLike, out: str | os.PathLike, spec: ScanSpec | None = None, *,
               engine: str = "local", batch: int = 256, workers: int | None = None, address: str | None = None,
               progress: bool = True, on_progress: Callable[[int, int], None] | None = None,
-              stop_after: int | None = None) -> dict:
+              stop_after: int | None = None, cancel=None) -> dict:
     """Audit `source` (folder, .zip or .tar(.gz)) into `out`; returns the summary.
 
     `on_progress(done, total)` is called after each batch (the service's job status uses it).
-    `stop_after` (tests) stops after that many files, as a crash would, without writing the reports."""
+    `stop_after` (tests) stops after that many files, as a crash would, without writing the reports.
+    `cancel` (a threading.Event) stops cleanly after the current batch: {"interrupted": True}, resumable."""
     from tqdm.auto import tqdm
 
     source, out, spec = Path(source), Path(out), spec or ScanSpec()
@@ -103,6 +104,8 @@ def run_audit(source: str | os.PathLike, out: str | os.PathLike, spec: ScanSpec 
                 record(score_batch(items, scanner, training) if items else [], skipped)
                 if stop_after is not None and i + batch >= stop_after:
                     return {"stopped_after": i + batch}
+                if cancel is not None and cancel.is_set():
+                    return {"interrupted": True}
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
