@@ -17,7 +17,13 @@ class Batcher:
         self.fn, self.window, self.max_batch = fn, window_ms / 1000.0, max_batch
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan")
+        self._pool_: ThreadPoolExecutor | None = None
+
+    @property
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._pool_ is None:  # (re)created on use: an app's lifespan may run more than once
+            self._pool_ = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan")
+        return self._pool_
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -30,7 +36,10 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self._pool.shutdown(wait=True)
+            self._task, self._queue = None, None
+        if self._pool_ is not None:
+            self._pool_.shutdown(wait=True)
+            self._pool_ = None
 
     async def submit(self, items: list, ctx: object) -> list:
         """fn(items, ctx), computed in one batch with other requests' items (one app has one ctx)."""

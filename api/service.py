@@ -103,7 +103,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         finally:
             await run_in_threadpool(app.state.audit_worker.stop)
             await app.state.batcher.stop()
-            app.state.runtime = None
+            if runtime is None:
+                app.state.runtime = None
 
     app = FastAPI(title="ddpm-guard", version="0.1.0", lifespan=lifespan,
                   description="Generate watermarked, signed images and scan uploads for synthetic content.")
