@@ -54,9 +54,11 @@ def _decoded(name: str, data: bytes | None, error: str | None):
         return None, str(e)
 
 
-def scan_items(items: list[tuple[str, bytes | None, str | None]], scanner: Scanner) -> list[dict]:
+def scan_items(items: list[tuple[str, bytes | None, str | None]], scanner: Scanner,
+               decoded: dict | None = None) -> list[dict]:
     """Scan (name, bytes, error) items in one batch; an item with an error (or bytes the decoder
-    refuses) becomes an `unreadable` row and the others are still scored. One dict per item."""
+    refuses) becomes an `unreadable` row and the others are still scored. One dict per item.
+    `decoded`, when given, receives {item index: decoded PIL image} so callers need not decode again."""
     rows: list[dict] = []
     ok: list[int] = []
     pil = []
@@ -70,6 +72,8 @@ def scan_items(items: list[tuple[str, bytes | None, str | None]], scanner: Scann
         else:
             row.update(image={"format": _format(data), "width": img.width, "height": img.height},
                        metadata=read_metadata(data, scanner.trust_anchors))
+            if decoded is not None:
+                decoded[len(rows)] = img
             ok.append(len(rows))
             pil.append(img)
         rows.append(row)

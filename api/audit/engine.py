@@ -25,9 +25,9 @@ ROUND = 6
 def phash(img) -> str:
     """64-bit DCT perceptual hash (63 bits used): grey 32x32, the 8x8 lowest DCT frequencies without DC,
     one bit per coefficient above their median. Re-saved, resized or slightly noisy copies of an image
-    land within a few bits (bench/audit/phash_threshold.py: within 2 bits for 95-100 % of JPEG q50/q75,
-    x2 and +-1-level copies of MNIST digits, against 0.004 % of distinct digit pairs). dHash was measured
-    first and rejected: on black backgrounds its ties flip with any noise (7 % of JPEG q75 copies within 4 bits)."""
+    keep the same hash or land within 2 bits (bench/audit/phash_threshold.py; see report.DUPLICATE_BITS).
+    dHash was measured first and rejected: on black backgrounds its ties flip with any noise (0.4 % of
+    JPEG q75 copies within 2 bits, against 98 % for this hash)."""
     from PIL import Image
     from scipy.fft import dctn
 
@@ -57,16 +57,15 @@ def flatten(row: dict, nbytes: int | None) -> dict:
 def score_batch(items: list[tuple[str, bytes | None, str | None]], scanner: Scanner | None,
                 training: torch.Tensor | None = None) -> list[dict]:
     """Flat rows for a batch. `scanner` may be None only when every item already carries an error."""
-    from generator.image_io import decode_image, fit_to, to_tensor
+    from generator.image_io import fit_to, to_tensor
 
-    rows = [flatten(r, None if data is None else len(data)) for r, (_, data, _) in zip(scan_items(items, scanner), items)]
+    images: dict = {}
+    rows = [flatten(r, None if data is None else len(data))
+            for r, (_, data, _) in zip(scan_items(items, scanner, images), items)]
     decoded = []
-    for row, (_, data, _) in zip(rows, items):
-        if row["verdict"] == "unreadable":
-            continue
-        img = decode_image(data, name=row["path"])  # the same safe decoder; it accepted these bytes once already
-        row["phash"] = phash(img)
-        decoded.append((row, img))
+    for i, img in sorted(images.items()):
+        rows[i]["phash"] = phash(img)
+        decoded.append((rows[i], img))
     if training is not None and decoded:
         from generator.metrics import memorization
 

@@ -22,17 +22,23 @@ import numpy as np
 from generator.fsutil import atomic_write, atomic_write_bytes
 from api.audit.engine import COLUMNS
 
-DUPLICATE_BITS = 2  # pHash Hamming distance for "near duplicate": measured by bench/audit/phash_threshold.py (BENCHMARKS.md)
+# pHash bits that may differ for "near duplicate". Measured (bench/audit/phash_threshold.py, BENCHMARKS.md):
+# every hash has 31 of 63 bits set, so distances are even; 0 bits catches 56-95 % of re-saved copies of MNIST
+# digits and links 2e-6 of distinct pairs (73 groups, at most 8 files, in a 10,000-file set); 2 bits catches
+# 95-100 % but links 3.6e-5 of distinct pairs, which chained 367 different digits into one group there.
+DUPLICATE_BITS = 0
 
 
 def duplicate_groups(rows: list[dict], max_bits: int = DUPLICATE_BITS) -> list[list[int]]:
-    """Groups (row indices, 2+ each) of files whose pHashes differ in at most `max_bits` bits (union-find
-    over all pairs, in chunks: exact, O(n^2 / chunk) vectorised work)."""
+    """Groups (row indices, 2+ each) of files whose pHashes differ in at most `max_bits` bits, linked
+    transitively (union-find). Multi-index hashing: split the 64 bits into max_bits + 1 blocks; two
+    hashes within max_bits bits agree exactly on at least one block (pigeonhole), so only hashes that
+    share a block value are compared. Exact, and far below all-pairs work on real data."""
     idx = [i for i, r in enumerate(rows) if r.get("phash")]
     if len(idx) < 2:
         return []
     h = np.array([int(rows[i]["phash"], 16) for i in idx], dtype=np.uint64)
-    parent = list(range(len(idx)))
+    parent = np.arange(len(idx))
 
     def find(a: int) -> int:
         while parent[a] != a:
@@ -40,20 +46,35 @@ def duplicate_groups(rows: list[dict], max_bits: int = DUPLICATE_BITS) -> list[l
             a = parent[a]
         return a
 
-    chunk = 2048
-    for s in range(0, len(h), chunk):
-        x = h[s:s + chunk, None] ^ h[None, :]
-        dist = np.unpackbits(x.view(np.uint8).reshape(x.shape[0], x.shape[1], 8), axis=-1).sum(-1)
-        for a, b in zip(*np.nonzero(dist <= max_bits)):
-            a, b = int(a) + s, int(b)
-            if a < b:
-                ra, rb = find(a), find(b)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
+    nblocks = max_bits + 1
+    edges = np.linspace(0, 64, nblocks + 1).astype(int)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        block = (h >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(block, kind="stable")
+        starts = np.flatnonzero(np.r_[True, block[order][1:] != block[order][:-1]])
+        for a, b in zip(starts, np.r_[starts[1:], len(order)]):
+            members = order[a:b]
+            if len(members) < 2:
+                continue
+            for k in range(0, len(members), 1024):  # bounded memory even for a huge bucket
+                rows_k = members[k:k + 1024]
+                dist = _popcount(h[rows_k, None] ^ h[None, members])
+                for i, j in zip(*np.nonzero(dist <= max_bits)):
+                    x, y = find(int(rows_k[i])), find(int(members[j]))
+                    if x != y:
+                        parent[max(x, y)] = min(x, y)
     groups: dict[int, list[int]] = {}
     for k in range(len(idx)):
         groups.setdefault(find(k), []).append(idx[k])
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+
+
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (a byte lookup table: no 64x unpacked copy)."""
+    return _POP8[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.int32)
 
 
 def summarize(rows: list[dict], groups: list[list[int]], threshold: float | None, meta: dict) -> dict:
