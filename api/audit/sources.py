@@ -87,86 +87,66 @@ def _folder(root: Path, max_bytes: int) -> Iterator[Entry]:
             yield Entry(str(p), None, read)
 
 
+def _members(root: Path, members, max_bytes: int, max_total: int) -> Iterator[Entry]:
+    """Archive members as entries. `members` yields (name, kind, size, open) with kind "file", "dir",
+    "link" or "other", and open() -> a readable file object; the same checks hold for zip and tar."""
+    total = 0
+    for name, kind, size, opener in sorted(members, key=lambda m: m[0]):
+        path = f"{root}!{name}"
+        if kind == "dir":
+            continue
+        reason = {"link": "a link inside the archive", "other": "not a regular file (device, fifo ...)"}.get(kind)
+        reason = reason or _unsafe_name(name)
+        if reason is None and not name.lower().endswith(IMAGE_SUFFIXES):
+            reason = "not an image file name"
+        if reason is None and size > max_bytes:
+            reason = f"{size} bytes is over the {max_bytes}-byte limit"
+        if reason is None:
+            total += size
+            if total > max_total:
+                reason = f"the archive's members pass the {max_total}-byte total limit"
+        if reason is not None:
+            yield _refused(path, reason)
+            continue
+
+        def read(opener=opener, path=path):
+            try:
+                with opener() as f:
+                    data = f.read(max_bytes + 1)  # the header's size may lie: never read past the limit
+            except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, RuntimeError, AttributeError) as e:
+                return None, f"{path}: corrupt archive member ({e})"
+            if len(data) > max_bytes:
+                return None, f"{path}: over the {max_bytes}-byte limit"
+            return data, None
+        yield Entry(path, size, read)
+
+
 def _zip(root: Path, max_bytes: int, max_total: int) -> Iterator[Entry]:
     try:
         z = zipfile.ZipFile(root)
     except (zipfile.BadZipFile, OSError) as e:
         raise GuardError(f"{root}: not a readable zip archive ({e})") from None
-    total = 0
-    for info in sorted(z.infolist(), key=lambda i: i.filename):
-        name = f"{root}!{info.filename}"
-        if info.is_dir():
-            continue
-        mode = (info.external_attr >> 16) & 0o170000
-        if mode == 0o120000:
-            yield _refused(name, "a symbolic link inside the archive")
-            continue
-        reason = _unsafe_name(info.filename)
-        if reason:
-            yield _refused(name, reason)
-            continue
-        if not info.filename.lower().endswith(IMAGE_SUFFIXES):
-            yield _refused(name, "not an image file name")
-            continue
-        if info.file_size > max_bytes:
-            yield _refused(name, f"{info.file_size} bytes is over the {max_bytes}-byte limit")
-            continue
-        total += info.file_size
-        if total > max_total:
-            yield _refused(name, f"the archive's members pass the {max_total}-byte total limit")
-            continue
 
-        def read(info=info, name=name):
-            try:
-                with z.open(info) as f:
-                    data = f.read(max_bytes + 1)  # the header's size may lie: never read past the limit
-            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as e:
-                return None, f"{name}: corrupt archive member ({e})"
-            if len(data) > max_bytes:
-                return None, f"{name}: over the {max_bytes}-byte limit"
-            return data, None
-        yield Entry(name, info.file_size, read)
+    def kind(info: zipfile.ZipInfo) -> str:
+        if info.is_dir():
+            return "dir"
+        return "link" if (info.external_attr >> 16) & 0o170000 == 0o120000 else "file"
+    yield from _members(root, ((i.filename, kind(i), i.file_size, lambda i=i: z.open(i)) for i in z.infolist()),
+                        max_bytes, max_total)
 
 
 def _tar(root: Path, max_bytes: int, max_total: int) -> Iterator[Entry]:
     try:
         t = tarfile.open(root, "r:*")
-        members = sorted(t.getmembers(), key=lambda m: m.name)
+        members = t.getmembers()
     except (tarfile.TarError, OSError, EOFError) as e:
         raise GuardError(f"{root}: not a readable tar archive ({e})") from None
-    total = 0
-    for m in members:
-        name = f"{root}!{m.name}"
-        if m.isdir():
-            continue
-        if m.issym() or m.islnk():
-            yield _refused(name, "a link inside the archive")
-            continue
-        if not m.isreg():
-            yield _refused(name, "not a regular file (device, fifo ...)")
-            continue
-        reason = _unsafe_name(m.name)
-        if reason:
-            yield _refused(name, reason)
-            continue
-        if not m.name.lower().endswith(IMAGE_SUFFIXES):
-            yield _refused(name, "not an image file name")
-            continue
-        if m.size > max_bytes:
-            yield _refused(name, f"{m.size} bytes is over the {max_bytes}-byte limit")
-            continue
-        total += m.size
-        if total > max_total:
-            yield _refused(name, f"the archive's members pass the {max_total}-byte total limit")
-            continue
 
-        def read(m=m, name=name):
-            try:
-                f = t.extractfile(m)
-                data = f.read(max_bytes + 1) if f is not None else None
-            except (tarfile.TarError, OSError, EOFError) as e:
-                return None, f"{name}: corrupt archive member ({e})"
-            if data is None:
-                return None, f"{name}: unreadable archive member"
-            return data, None
-        yield Entry(name, m.size, read)
+    def kind(m: tarfile.TarInfo) -> str:
+        if m.isdir():
+            return "dir"
+        if m.issym() or m.islnk():
+            return "link"
+        return "file" if m.isreg() else "other"
+    yield from _members(root, ((m.name, kind(m), m.size, lambda m=m: t.extractfile(m)) for m in members),
+                        max_bytes, max_total)
