@@ -221,3 +221,14 @@ def test_html_report_renders_in_headless_chromium(mixed, tmp_path):
     borders = (np.abs(img - np.array([0xCC, 0xCC, 0xCC])).sum(-1) < 10).sum()  # the tables' cell borders
     assert bars > 200, "the plot did not render"
     assert borders > 500, "the tables did not render"
+
+
+def test_training_set_gives_the_memorization_ratio(tmp_path):
+    """A saved training image has a ratio near 0 (its nearest training image is itself); others do not."""
+    train = load_dataset("digits", "train")
+    save_image(train.images[5], tmp_path / "data" / "copied.png")
+    save_image(-train.images[5], tmp_path / "data" / "inverted.png")
+    run_audit(tmp_path / "data", tmp_path / "rep", ScanSpec(training="digits", device="cpu"), progress=False)
+    rows = {Path(r["path"]).name: r for r in _rows(tmp_path / "rep")}
+    assert rows["copied.png"]["memorization_ratio"] < 0.05  # 8-bit rounding of the saved copy keeps it off 0
+    assert rows["inverted.png"]["memorization_ratio"] > 0.5
