@@ -401,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--key", action="append", default=[], help="also test this watermark key file (repeatable)")
     sc.add_argument("--trust-anchor", action="append", default=[], help="PEM file of a trusted C2PA CA (repeatable)")
     sc.add_argument("--home", default=None, help="service home whose key ring, trust anchors and accounts to use")
-    sc.add_argument("--alpha", type=float, default=None, help="watermark false-positive rate (default 0.01)")
+    sc.add_argument("--alpha", type=float, default=None,
+                    help="false-positive rate of the watermarked-ours verdict (default 0.001; see BENCHMARKS.md)")
     sc.add_argument("--detector", default=None, help="detector folder (default: the bundled detector)")
     sc.add_argument("--no-watermark", action="store_true", help="skip the watermark check (about 20x faster)")
     sc.add_argument("--json", action="store_true", help="one JSON object per image")

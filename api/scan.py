@@ -41,7 +41,7 @@ class Scanner:
     schedule: object = None
     keys: dict[str, WatermarkKey] = field(default_factory=dict)  # the key ring {label: key}
     trust_anchors: str | None = None  # PEM; manifests chaining to these read Trusted
-    alpha: float = 0.01  # watermark false-positive rate for the whole ring
+    alpha: float = 1e-3  # watermark false-positive rate for the whole ring (api.settings.Settings.alpha says why)
     account_name: Callable[[int], str | None] | None = None  # payload (account id) -> account name
 
 

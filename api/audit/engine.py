@@ -94,7 +94,7 @@ class ScanSpec:
     as file paths, never as key material: WatermarkKey refuses to be pickled."""
 
     def __init__(self, *, detector: str | None = None, checkpoint: str | None = None, key_files: tuple = (),
-                 trust_anchors: str | None = None, alpha: float = 0.01, db_url: str | None = None,
+                 trust_anchors: str | None = None, alpha: float = 1e-3, db_url: str | None = None,
                  training: str | None = None, device: str | None = None, threads: int | None = None):
         self.detector, self.checkpoint, self.key_files = detector, checkpoint, tuple(map(str, key_files))
         self.trust_anchors, self.alpha, self.db_url, self.training, self.device = trust_anchors, alpha, db_url, training, device

@@ -90,7 +90,8 @@ async def _load(url: str, key: str, files: list[bytes], clients: int, seconds: f
             "p99_ms": float(np.percentile(a, 99)) if len(a) else None,
             "rss_peak_mb": max(rss) / 1024 if rss else None,
             "rss_first_tenth_mb": float(np.mean(rss[:tenth])) / 1024 if rss else None,
-            "rss_last_tenth_mb": float(np.mean(rss[-tenth:])) / 1024 if rss else None}
+            "rss_last_tenth_mb": float(np.mean(rss[-tenth:])) / 1024 if rss else None,
+            "rss_every_10s_mb": [round(r / 1024) for r in rss[::10]]}
 
 
 def run_server(home: str, window_ms: float, port: int) -> subprocess.Popen:
