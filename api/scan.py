@@ -118,7 +118,7 @@ def decide(row: dict, scanner: Scanner) -> tuple[str, str, str | None]:
     if wm["detected"]:
         who = wm["account"] or signed_account
         tail = f", made by account {who}" if who else ""
-        meta_note = "" if c2pa["present"] else " (its metadata was stripped; the watermark does not depend on it)"
+        meta_note = "" if c2pa["present"] else " (it carries no C2PA manifest, or lost it in a re-save: the watermark does not need one)"
         return ("watermarked-ours",
                 f"Carries our watermark under key '{wm['key_label']}' (p = {wm['p_value']:.2g}){tail}{meta_note}.", who)
     if trusted_ai:
