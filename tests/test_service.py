@@ -375,3 +375,24 @@ def test_an_interrupted_audit_job_resumes_when_the_service_starts_again(tmp_path
     resumed = json.loads((folder / "report" / "report.json").read_text())["rows"]
     fresh = json.loads((tmp_path / "fresh" / "report.json").read_text())["rows"]
     assert strip(resumed) == strip(fresh)
+
+
+def test_domain_gate_flags_photographs_and_passes_real_digits():
+    """DomainRules: every skimage photograph is out of domain; at most 1 % of held-out real digits are."""
+    import glob
+    import os
+
+    import skimage
+
+    from detector.predict import DomainRules
+    from generator.data import load_dataset
+    from generator.image_io import to_uint8
+
+    rules = DomainRules()
+    photos = sorted(glob.glob(os.path.join(os.path.dirname(skimage.__file__), "data", "*.png")))
+    assert len(photos) >= 10
+    decoded = [decode_image(open(p, "rb").read(), max_pixels=10**8) for p in photos]
+    assert all(not rules.check(img, 28)[0] for img in decoded)
+    held = load_dataset("mnist5k", "heldout").images
+    flagged = sum(not rules.check(Image.fromarray(to_uint8(x)), 28)[0] for x in held)
+    assert flagged <= len(held) // 100
