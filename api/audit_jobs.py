@@ -63,7 +63,7 @@ class AuditWorker:
         try:
             if archive is None:
                 raise GuardError("the uploaded archive is missing")
-            result = run_audit(archive, folder / "report", spec, progress=False, cancel=self._stop,
+            result = run_audit(archive, folder / "report", spec, progress=False, cancel=self._stop, label=job.input_name,
                                on_progress=lambda done, total: self.jobs.update(job_id, done=done, total=total))
         except GuardError as e:
             self.jobs.update(job_id, status="failed", error=str(e)[:1000])

@@ -339,6 +339,9 @@ def test_audit_job_over_the_service(svc):
     job = _wait_done(client, headers, r.json()["id"])
     assert job["status"] == "done" and job["total"] == 4 and set(job["reports"]) == {"report.html", "report.json", "report.csv"}
     report = client.get(job["reports"]["report.json"], headers=headers).json()
+    assert report["summary"]["input"] == "d.zip"  # the upload's name, never the server's path
+    assert all(r["path"].startswith("d.zip!") for r in report["rows"])
+    assert str(rt.settings.home) not in client.get(job["reports"]["report.html"], headers=headers).text
     assert report["summary"]["files"] == 4 and report["summary"]["counts"]["unreadable"] == 2
     assert client.get(job["reports"]["report.html"], headers=headers).headers["content-type"].startswith("text/html")
     _, other = rt.store.new_api_key("mallory")  # another account sees nothing
@@ -362,7 +365,8 @@ def test_an_interrupted_audit_job_resumes_when_the_service_starts_again(tmp_path
     (folder / "input.zip").write_bytes(_zip_of(files))
     spec = ScanSpec(detector=None, device="cpu")
     # the service died after 4 of 12 files: journal written, job left "running"
-    assert run_audit(folder / "input.zip", folder / "report", spec, batch=4, progress=False, stop_after=4) == {"stopped_after": 4}
+    assert run_audit(folder / "input.zip", folder / "report", spec, batch=4, progress=False, stop_after=4,
+                     label="d.zip") == {"stopped_after": 4}
     jobs.update(job_id, status="running")
     with TestClient(create_app(runtime=rt)) as client:
         job = _wait_done(client, {"X-API-Key": key}, job_id)

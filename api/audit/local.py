@@ -64,12 +64,13 @@ def _read_items(batch: list[Entry], done: dict[str, dict]) -> tuple[list, int]:
 def run_audit(source: str | os.PathLike, out: str | os.PathLike, spec: ScanSpec | None = None, *,
               engine: str = "local", batch: int = 256, workers: int | None = None, address: str | None = None,
               progress: bool = True, on_progress: Callable[[int, int], None] | None = None,
-              stop_after: int | None = None, cancel=None) -> dict:
+              stop_after: int | None = None, cancel=None, label: str | None = None) -> dict:
     """Audit `source` (folder, .zip or .tar(.gz)) into `out`; returns the summary.
 
     `on_progress(done, total)` is called after each batch (the service's job status uses it).
     `stop_after` (tests) stops after that many files, as a crash would, without writing the reports.
-    `cancel` (a threading.Event) stops cleanly after the current batch: {"interrupted": True}, resumable."""
+    `cancel` (a threading.Event) stops cleanly after the current batch: {"interrupted": True}, resumable.
+    `label` names the input in rows and reports instead of its path (the service: the uploaded name)."""
     from tqdm.auto import tqdm
 
     source, out, spec = Path(source), Path(out), spec or ScanSpec()
@@ -77,7 +78,7 @@ def run_audit(source: str | os.PathLike, out: str | os.PathLike, spec: ScanSpec 
         raise GuardError(f"unknown engine {engine!r}; use local or ray")
     if batch < 1:
         raise GuardError(f"--batch must be at least 1, got {batch}")
-    entries = list(iter_entries(source))
+    entries = list(iter_entries(source, label=label))
     _prepare_out(out, source, spec)
     journal = Journal(out / JOURNAL)
     done = journal.load()
@@ -118,7 +119,7 @@ def run_audit(source: str | os.PathLike, out: str | os.PathLike, spec: ScanSpec 
         from detector.predict import load_detector
 
         threshold = load_detector(spec.detector, device="cpu").threshold
-    summary = summarize(rows, groups, threshold, {"input": str(source), "engine": engine, "scored_this_run": scored,
+    summary = summarize(rows, groups, threshold, {"input": label or str(source), "engine": engine, "scored_this_run": scored,
                                                   "seconds_this_run": round(seconds, 3)})
     write_reports(out, rows, summary, groups, _reader(entries))
     return summary

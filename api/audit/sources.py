@@ -50,9 +50,11 @@ def _refused(path: str, reason: str) -> Entry:
     return Entry(path, None, lambda: (None, f"{path}: refused: {reason}"))
 
 
-def iter_entries(root: str | os.PathLike, *, max_bytes: int = MAX_BYTES,
-                 max_total: int = MAX_TOTAL_BYTES) -> Iterator[Entry]:
-    """Every candidate file under `root`, in a stable (sorted) order."""
+def iter_entries(root: str | os.PathLike, *, max_bytes: int = MAX_BYTES, max_total: int = MAX_TOTAL_BYTES,
+                 label: str | None = None) -> Iterator[Entry]:
+    """Every candidate file under `root`, in a stable (sorted) order. An archive's members are named
+    "LABEL!member", LABEL defaulting to the archive's path (the service passes the uploaded name, so
+    its reports never show where the server keeps the file)."""
     root = Path(root)
     if not root.exists():
         raise GuardError(f"{root}: no such file or folder")
@@ -60,9 +62,9 @@ def iter_entries(root: str | os.PathLike, *, max_bytes: int = MAX_BYTES,
     if root.is_dir():
         yield from _folder(root, max_bytes)
     elif kind == "zip":
-        yield from _zip(root, max_bytes, max_total)
+        yield from _zip(root, max_bytes, max_total, label or str(root))
     elif kind == "tar":
-        yield from _tar(root, max_bytes, max_total)
+        yield from _tar(root, max_bytes, max_total, label or str(root))
     else:
         raise GuardError(f"{root}: audit takes a folder, a .zip or a .tar(.gz)")
 
@@ -87,12 +89,12 @@ def _folder(root: Path, max_bytes: int) -> Iterator[Entry]:
             yield Entry(str(p), None, read)
 
 
-def _members(root: Path, members, max_bytes: int, max_total: int) -> Iterator[Entry]:
+def _members(label: str, members, max_bytes: int, max_total: int) -> Iterator[Entry]:
     """Archive members as entries. `members` yields (name, kind, size, open) with kind "file", "dir",
     "link" or "other", and open() -> a readable file object; the same checks hold for zip and tar."""
     total = 0
     for name, kind, size, opener in sorted(members, key=lambda m: m[0]):
-        path = f"{root}!{name}"
+        path = f"{label}!{name}"
         if kind == "dir":
             continue
         reason = {"link": "a link inside the archive", "other": "not a regular file (device, fifo ...)"}.get(kind)
@@ -121,7 +123,7 @@ def _members(root: Path, members, max_bytes: int, max_total: int) -> Iterator[En
         yield Entry(path, size, read)
 
 
-def _zip(root: Path, max_bytes: int, max_total: int) -> Iterator[Entry]:
+def _zip(root: Path, max_bytes: int, max_total: int, label: str) -> Iterator[Entry]:
     try:
         z = zipfile.ZipFile(root)
     except (zipfile.BadZipFile, OSError) as e:
@@ -131,11 +133,11 @@ def _zip(root: Path, max_bytes: int, max_total: int) -> Iterator[Entry]:
         if info.is_dir():
             return "dir"
         return "link" if (info.external_attr >> 16) & 0o170000 == 0o120000 else "file"
-    yield from _members(root, ((i.filename, kind(i), i.file_size, lambda i=i: z.open(i)) for i in z.infolist()),
+    yield from _members(label, ((i.filename, kind(i), i.file_size, lambda i=i: z.open(i)) for i in z.infolist()),
                         max_bytes, max_total)
 
 
-def _tar(root: Path, max_bytes: int, max_total: int) -> Iterator[Entry]:
+def _tar(root: Path, max_bytes: int, max_total: int, label: str) -> Iterator[Entry]:
     try:
         t = tarfile.open(root, "r:*")
         members = t.getmembers()
@@ -148,5 +150,5 @@ def _tar(root: Path, max_bytes: int, max_total: int) -> Iterator[Entry]:
         if m.issym() or m.islnk():
             return "link"
         return "file" if m.isreg() else "other"
-    yield from _members(root, ((m.name, kind(m), m.size, lambda m=m: t.extractfile(m)) for m in members),
+    yield from _members(label, ((m.name, kind(m), m.size, lambda m=m: t.extractfile(m)) for m in members),
                         max_bytes, max_total)
