@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.runtime import Runtime, load_key_ring, prepare_home
-from api.scan import Scanner, scan_items
+from api.scan import Scanner
 from api.service import create_app
 from api.settings import load_settings
 from api.store import Store
