@@ -23,7 +23,8 @@ def feature_metrics(fake_feats: np.ndarray, real_feats: np.ndarray) -> dict[str,
 
 def evaluate_generator(model, schedule, *, n: int = 1000, sampler: str = "ddim", steps: int = 50,
                        guidance: float = DEFAULT_GUIDANCE, guidance_sweep: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0),
-                       step_sweep: tuple[int, ...] = (), seed: int = 0, out_dir: str | Path | None = None,
+                       step_sweep: tuple[int, ...] = (), sweep_samplers: tuple[str, ...] = ("ddim",), seed: int = 0,
+                       out_dir: str | Path | None = None,
                        classifier_dir: str | Path | None = None, log=None) -> dict:
     log = log or (lambda s: None)
     net = load_classifier(classifier_dir)
@@ -55,9 +56,9 @@ def evaluate_generator(model, schedule, *, n: int = 1000, sampler: str = "ddim",
     report["memorization"]["heldout_real_fraction"] = held_mem["fraction"]  # what real, unseen digits score
     if step_sweep:
         report["step_sweep"] = {}
-        for st in step_sweep:
-            smp = "ddpm" if st == schedule.num_timesteps else "ddim"
-            report["step_sweep"][f"{smp}-{st}"] = run(guidance, st, smp)[2]
+        for st in step_sweep:  # at the full chain T the sweep runs DDPM ancestral; else each ODE sampler
+            for smp in (("ddpm",) if st == schedule.num_timesteps else sweep_samplers):
+                report["step_sweep"][f"{smp}-{st}"] = run(guidance, st, smp)[2]
     if out_dir is not None:
         out = Path(out_dir)
         save_image(make_grid(x_main[:100], nrow=10), out / "samples_grid.png")
@@ -77,13 +78,13 @@ def _plot_steps(sweep: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for sampler, marker in (("ddim", "o-"), ("ddpm", "s")):  # one series per sampler, in step order
+    for sampler, marker in (("ddim", "o-"), ("dpmpp2m", "^-"), ("ddpm", "s")):  # one series per sampler, in step order
         names = sorted((k for k in sweep if k.split("-")[0] == sampler), key=lambda k: int(k.split("-")[1]))
         if not names:
             continue
         steps = [int(k.split("-")[1]) for k in names]
         fids = [sweep[k]["fid"] for k in names]
-        ax.plot(steps, fids, marker, label=sampler.upper())
+        ax.plot(steps, fids, marker, label={"dpmpp2m": "DPM-Solver++(2M)"}.get(sampler, sampler.upper()))
         for s_, f_, k in zip(steps, fids, names):
             ax.annotate(k, (s_, f_), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.legend(fontsize=8)

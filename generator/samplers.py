@@ -1,4 +1,5 @@
-"""Samplers: DDPM ancestral, DDIM (any step count, any eta), classifier-free guidance and DDIM inversion.
+"""Samplers: DDPM ancestral, DDIM (any step count, any eta), DPM-Solver++(2M), classifier-free guidance
+and DDIM inversion.
 
 The model only predicts noise; these functions own the arithmetic (the diffusers shape). Every
 random draw goes through an explicit torch.Generator, drawn on the CPU and then moved, so a seed
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from generator.errors import GuardError
 from generator.schedule import NoiseSchedule
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpmpp2m")
 
 
 def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
@@ -35,7 +36,7 @@ def timesteps_for(num_timesteps: int, steps: int) -> list[int]:
 
 
 def default_steps(schedule: NoiseSchedule, sampler: str, steps: int | None) -> int:
-    """None means the sampler's usual length: 50 for DDIM, the full chain T for DDPM."""
+    """None means the sampler's usual length: 50 for DDIM and DPM-Solver++, the full chain T for DDPM."""
     if steps is not None:
         return steps
     return schedule.num_timesteps if sampler == "ddpm" else 50
@@ -107,6 +108,39 @@ def ddim_step(eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, schedule:
     return x_prev
 
 
+def _lambda(ab: float) -> float:
+    """log-SNR half: lambda_t = log(alpha_t / sigma_t) with alpha_t^2 = abar_t, sigma_t^2 = 1 - abar_t."""
+    return 0.5 * (math.log(ab) - math.log1p(-ab))
+
+
+def dpmpp2m_step(eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, schedule: NoiseSchedule,
+                 x0_last: torch.Tensor | None, h_last: float | None, clip_x0: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """One DPM-Solver++(2M) step t -> t_prev (Lu et al. 2022, Alg. 2): a second-order multistep solver
+    of the diffusion ODE in data prediction. Returns (x_{t_prev}, x0 at t, h) for the next step.
+
+    The first step is first order (it is exactly DDIM), and so is the last one, to abar = 1, where
+    lambda is infinite and the solution is the data prediction itself ("lower order final")."""
+    ab_t = float(schedule.alphas_cumprod[t])
+    # 1. data prediction x0 = (x_t - sigma_t eps) / alpha_t
+    x0 = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+    if t_prev < 0:
+        return x0, x0, None
+    ab_s = float(schedule.alphas_cumprod[t_prev])
+    h = _lambda(ab_s) - _lambda(ab_t)
+    # 2. D = x0 (first order) or the multistep extrapolation (1 + 1/2r) x0_t - 1/2r x0_{t_last}, r = h_last / h
+    if x0_last is None or h_last is None:
+        d = x0
+    else:
+        r = h_last / h
+        d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_last
+    # 3. x_{t_prev} = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D  (Lu et al. 2022, Eq. 10)
+    x_prev = math.sqrt((1 - ab_s) / (1 - ab_t)) * x - math.sqrt(ab_s) * math.expm1(-h) * d
+    return x_prev, x0, h
+
+
 def _check_labels(model: nn.Module, labels: torch.Tensor | None) -> None:
     if labels is None:
         return
@@ -126,8 +160,10 @@ def sample(model: nn.Module, schedule: NoiseSchedule, shape: tuple[int, ...], *,
     """Draw images in [-1, 1] of `shape` (B, C, H, W).
 
     `x_T` replaces the initial noise (the watermark's hook). `labels` (B,) selects classes; None is
-    unconditional. `steps` defaults to 50 for DDIM and to all T for DDPM (ancestral; fewer steps run
-    the respaced chain). `eta` applies to DDIM only.
+    unconditional. `steps` defaults to 50 for DDIM and DPM-Solver++(2M) and to all T for DDPM
+    (ancestral; fewer steps run the respaced chain). `eta` applies to DDIM only. DDIM and
+    DPM-Solver++ are deterministic and solve the same ODE, so `ddim_invert` inverts both (on the
+    same grid, DDIM exactly; DPM-Solver++ up to its second-order correction).
     """
     if sampler not in SAMPLERS:
         raise GuardError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
@@ -144,6 +180,7 @@ def sample(model: nn.Module, schedule: NoiseSchedule, shape: tuple[int, ...], *,
         x = x_T.to(device, torch.float32)
     labels = labels.to(device) if labels is not None else None
     grid = timesteps_for(schedule.num_timesteps, default_steps(schedule, sampler, steps))
+    x0_last, h_last = None, None  # DPM-Solver++'s memory of the previous step
     with autocast_for(device, precision):
         for i, t in enumerate(tqdm(grid, disable=not progress, desc=f"{sampler} sampling", leave=False)):
             tt = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
@@ -151,6 +188,8 @@ def sample(model: nn.Module, schedule: NoiseSchedule, shape: tuple[int, ...], *,
             t_prev = grid[i + 1] if i + 1 < len(grid) else -1
             if sampler == "ddpm":
                 x = ddpm_step(eps, t, t_prev, x, schedule, generator, variance, clip_x0)
+            elif sampler == "dpmpp2m":
+                x, x0_last, h_last = dpmpp2m_step(eps, t, t_prev, x, schedule, x0_last, h_last)
             else:
                 x = ddim_step(eps, t, t_prev, x, schedule, eta, generator, clip_x0)
             if callback is not None:
