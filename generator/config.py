@@ -43,7 +43,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # ~1000-step horizon: suits runs of 10k-50k steps (0.9999 would still be noise)
     cond_drop_prob: float = 0.1  # label dropout for classifier-free guidance (Ho & Salimans)
     max_steps: int = 20000  # total optimiser steps
-    precision: str = "bf16"  # "bf16" autocast or "fp32"
+    precision: str = "bf16"  # "bf16" autocast, "fp32", or "auto" (bf16 only where the hardware runs it natively)
     checkpoint_every: int = 1000  # steps between atomic checkpoints
     log_every: int = 100  # steps between log lines
     seed: int = 0  # seeds init, batches, timesteps, noise and dropout

@@ -42,12 +42,44 @@ def default_steps(schedule: NoiseSchedule, sampler: str, steps: int | None) -> i
     return schedule.num_timesteps if sampler == "ddpm" else 50
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Does this device compute bf16 in hardware? CUDA: the GPU says; CPU: AVX-512 BF16 or AMX. On an
+    AVX2-only CPU bf16 is emulated and several times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                    or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return False
+
+
+_warned_emulated = False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 where the device runs it natively, else fp32. A forced bf16 on a device that
+    emulates it prints one warning per process."""
+    global _warned_emulated
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and not native_bf16(device) and not _warned_emulated:
+        import sys
+
+        _warned_emulated = True
+        print(f"ddpm-guard: warning: bf16 is emulated on this {device.type} "
+              f"({torch.backends.cpu.get_cpu_capability() if device.type == 'cpu' else 'no native bf16'}) "
+              "and runs slower than fp32; use --precision auto or fp32", file=sys.stderr)
+    return precision
+
+
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    raise GuardError(f"unknown precision {precision!r}; use 'fp32' or 'bf16'")
+    raise GuardError(f"unknown precision {precision!r}; use 'auto', 'fp32' or 'bf16'")
 
 
 def guided_eps(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,

@@ -170,3 +170,19 @@ def test_ddim_inversion_round_trips_a_dpmpp2m_sample(trained_tiny, digits):
     rec = sample(m, sch, tuple(x0.shape), x_T=x_T, sampler="dpmpp2m", steps=50, clip_x0=False)
     err = (rec - x0).pow(2).mean().item()
     assert err < 0.05 * x0.var().item(), err
+
+
+def test_precision_auto_picks_bf16_only_where_native(monkeypatch, capsys):
+    import generator.samplers as smp
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(smp, "_warned_emulated", False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert smp.resolve_precision("auto", cpu) == "fp32"
+    assert smp.resolve_precision("bf16", cpu) == "bf16" and smp.resolve_precision("bf16", cpu) == "bf16"
+    assert capsys.readouterr().err.count("emulated") == 1  # one warning per process
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert smp.resolve_precision("auto", cpu) == "bf16"
+    with pytest.raises(GuardError, match="unknown precision"):
+        smp.autocast_for(cpu, "fp8")
