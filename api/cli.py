@@ -169,12 +169,13 @@ def cmd_scan(a: argparse.Namespace) -> int:
 def cmd_audit(a: argparse.Namespace) -> int:
     from api.audit import run_audit
     from api.audit.engine import ScanSpec
+    from api.runtime import key_files
     from api.settings import load_settings
     from watermark.manifest import load_trust_anchors
     from watermark.keys import load_key
 
     settings = load_settings(a.home, alpha=a.alpha, detector=a.detector, trust_anchors=a.trust_anchor or None)
-    keys = [str(p) for p in sorted(settings.keys_dir.glob("*.key"))] if a.watermark and settings.keys_dir.is_dir() else []
+    keys = [str(p) for p in key_files(settings.keys_dir)] if a.watermark else []
     keys += a.key
     if a.watermark and not keys:
         raise GuardError(f"--watermark needs keys: pass --key FILE or use a service home with keys ({settings.keys_dir})")
@@ -184,7 +185,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
         from generator.data import load_dataset
 
         load_dataset(a.training_set, "train")  # an unknown name fails now
-    db = settings.db_url if (settings.database_url or (settings.home / "guard.db").exists()) else None
+    db = settings.db_url if settings.has_store else None
     spec = ScanSpec(detector=settings.detector, checkpoint=settings.checkpoint, key_files=tuple(keys),
                     trust_anchors=load_trust_anchors(settings.anchor_files()), alpha=settings.alpha, db_url=db,
                     training=a.training_set)

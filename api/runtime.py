@@ -38,13 +38,17 @@ def prepare_home(settings: Settings) -> None:
         new_signer(settings.signer_dir, settings.organization)
 
 
-def load_key_ring(folder: Path, extra: list[str] | None = None) -> dict:
-    """{label: key} for every *.key in `folder` (label = file stem) plus extra key files."""
+def key_files(folder: Path | None) -> list[Path]:
+    """The key ring's files: every *.key in `folder` (the home's keys/), sorted; none if it is absent."""
+    return sorted(folder.glob("*.key")) if folder is not None and folder.is_dir() else []
+
+
+def load_key_ring(folder: Path | None, extra: list[str] | tuple = ()) -> dict:
+    """{label: key} for every *.key in `folder` plus extra key files; label = file stem (primed if taken)."""
     from watermark.keys import load_key
 
     ring = {}
-    files = sorted(folder.glob("*.key")) if folder.is_dir() else []
-    for f in files + [Path(p) for p in extra or []]:
+    for f in key_files(folder) + [Path(p) for p in extra]:
         label = f.stem
         while label in ring:
             label += "'"
@@ -69,10 +73,9 @@ def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, wat
     from generator.checkpoint import load_model
     from watermark.manifest import load_signer, load_trust_anchors
 
-    # a CLI scan with no service home reads no accounts and creates no database
-    store = Store(settings.db_url) if (settings.database_url or settings.home.is_dir()) else None
+    store = Store(settings.db_url) if settings.has_store else None
     model, schedule, _ = load_model(settings.checkpoint)
-    ring = load_key_ring(settings.keys_dir, extra_keys) if watermark else {}
+    ring = load_key_ring(settings.keys_dir, extra_keys or ()) if watermark else {}
     anchors = load_trust_anchors(settings.anchor_files())
     scanner = Scanner(detector=load_detector(settings.detector), model=model if ring else None, schedule=schedule,
                       keys=ring, trust_anchors=anchors, alpha=settings.alpha, account_name=store.account_name if store else None)
@@ -116,4 +119,4 @@ def zip_files(files: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["Runtime", "open_runtime", "prepare_home", "load_key_ring", "generate_signed", "zip_files"]
+__all__ = ["Runtime", "open_runtime", "prepare_home", "key_files", "load_key_ring", "generate_signed", "zip_files"]

@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 import torch
 
 from generator.errors import GuardError
-from generator.image_io import decode_image, expand_paths, fit_to, read_bytes, to_tensor
+from generator.image_io import decode_image, expand_paths, read_bytes, sniff_format, stack_fitted, to_tensor
 from detector.predict import Detector
 from watermark.keys import WatermarkKey
 from watermark.manifest import describe, is_ai_source, read_metadata
@@ -70,7 +70,7 @@ def scan_items(items: list[tuple[str, bytes | None, str | None]], scanner: Scann
         if img is None:
             row.update(explanation=f"could not be read: {err}", error=err)
         else:
-            row.update(image={"format": _format(data), "width": img.width, "height": img.height},
+            row.update(image={"format": sniff_format(data), "width": img.width, "height": img.height},
                        metadata=read_metadata(data, scanner.trust_anchors))
             if decoded is not None:
                 decoded[len(rows)] = img
@@ -80,10 +80,16 @@ def scan_items(items: list[tuple[str, bytes | None, str | None]], scanner: Scann
     if not ok:
         return rows
     det = scanner.detector
-    dshape = (det.config.in_chans, det.config.image_size, det.config.image_size)
-    x = torch.stack([fit_to(to_tensor(im)[None], dshape)[0] for im in pil])
-    scores = det.score(x)
-    marks = _watermarks(pil, scanner)
+    tensors = [to_tensor(im) for im in pil]  # once: the detector and the watermark fit the same tensors
+    batches: dict[tuple, torch.Tensor] = {}
+
+    def fitted(shape: tuple[int, int, int]) -> torch.Tensor:  # both models usually take (1, 28, 28): fit once
+        if shape not in batches:
+            batches[shape] = stack_fitted(tensors, shape)
+        return batches[shape]
+
+    scores = det.score(fitted((det.config.in_chans, det.config.image_size, det.config.image_size)))
+    marks = _watermarks(fitted, len(pil), scanner)
     for j, i in enumerate(ok):
         in_domain, reason = det.in_domain(pil[j])
         rows[i].update(p_synthetic=float(scores["p_synthetic"][j]), in_domain=in_domain,
@@ -92,13 +98,12 @@ def scan_items(items: list[tuple[str, bytes | None, str | None]], scanner: Scann
     return rows
 
 
-def _watermarks(pil: list, scanner: Scanner) -> list[dict]:
+def _watermarks(fitted: Callable[[tuple], torch.Tensor], n: int, scanner: Scanner) -> list[dict]:
     empty = {"detected": False, "p_value": None, "payload": None, "account": None, "key_label": None}
     if scanner.model is None or not scanner.keys:
-        return [dict(empty, checked=False) for _ in pil]
+        return [dict(empty, checked=False) for _ in range(n)]
     cfg = scanner.model.config
-    gshape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    x = torch.stack([fit_to(to_tensor(im)[None], gshape)[0] for im in pil])
+    x = fitted((cfg.in_channels, cfg.image_size, cfg.image_size))
     out = []
     for v in verify_images(x, scanner.keys, scanner.model, scanner.schedule, alpha=scanner.alpha):
         account = None
@@ -138,14 +143,6 @@ def decide(row: dict, scanner: Scanner) -> tuple[str, str, str | None]:
                              f"calibrated threshold {scanner.detector.threshold:.2f}); no watermark of ours.{note}", None)
     return ("likely-real", f"No watermark of ours, and the classifier scores it real (p = {row['p_synthetic']:.2f}, "
                            f"below the calibrated threshold {scanner.detector.threshold:.2f}).{note}", None)
-
-
-_FORMATS = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"RIFF": "WEBP", b"GIF8": "GIF", b"BM": "BMP",
-            b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
-
-
-def _format(data: bytes) -> str | None:
-    return next((f for sig, f in _FORMATS.items() if data.startswith(sig)), None)
 
 
 def _read(p: Path, problem: str | None, max_bytes: int | None) -> tuple[str, bytes | None, str | None]:

@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Verdict = Literal["watermarked-ours", "signed-synthetic", "synthetic", "likely-real", "out-of-domain", "unreadable"]
+from api.scan import VERDICTS
+
+Verdict = Literal[VERDICTS]  # the scan's own list: one place says which verdicts exist
 
 
 class WatermarkEvidence(BaseModel):

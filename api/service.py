@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from generator.errors import GuardError
 from api.batching import Batcher
 from api.deps import RateLimiter
-from api.runtime import Runtime, open_runtime, prepare_home
+from api.runtime import Runtime, key_files, open_runtime, prepare_home
 from api.scan import scan_items
 from api.settings import Settings, load_settings
 
@@ -138,8 +138,8 @@ def _audit_worker(rt: Runtime):
     s = rt.settings
     base = dict(detector=s.detector, checkpoint=s.checkpoint, trust_anchors=rt.scanner.trust_anchors, alpha=s.alpha,
                 db_url=s.db_url)
-    key_files = tuple(str(p) for p in sorted(s.keys_dir.glob("*.key"))) if s.keys_dir.is_dir() else ()
-    return AuditWorker(s, AuditJobs(rt.store), ScanSpec(**base), ScanSpec(**base, key_files=key_files) if key_files else None)
+    ring = tuple(str(p) for p in key_files(s.keys_dir))
+    return AuditWorker(s, AuditJobs(rt.store), ScanSpec(**base), ScanSpec(**base, key_files=ring) if ring else None)
 
 
 def _metrics(app: FastAPI) -> None:

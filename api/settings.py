@@ -52,6 +52,12 @@ class Settings(BaseModel):
         return self.database_url or f"sqlite:///{self.home / 'guard.db'}"
 
     @property
+    def has_store(self) -> bool:
+        """A database to read accounts from: a configured URL, or a home that exists. A CLI scan or audit
+        without a service home reads no accounts and creates no database."""
+        return bool(self.database_url) or self.home.is_dir()
+
+    @property
     def keys_dir(self) -> Path:
         return self.home / "keys"
 

@@ -66,6 +66,7 @@ class Detector:
         self.net, self.platt, self.threshold = net.eval(), platt, threshold
         self.fusion, self.fusion_threshold = fusion, fusion_threshold
         self.meta = meta or {}
+        self.domain = DomainRules(**self.meta.get("domain", {}))  # built once, not per image
         self._generator = None  # loaded on first zero-shot use
 
     @property
@@ -88,10 +89,6 @@ class Detector:
                 b = torch.cat([b, b.new_zeros((batch_size - n, *b.shape[1:]))])
             out.append(self.net(b.to(dev)).float().cpu()[:n])
         return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
-
-    @property
-    def domain(self) -> DomainRules:
-        return DomainRules(**self.meta.get("domain", {}))
 
     def in_domain(self, img) -> tuple[bool, str | None]:
         """(in_domain, reason) for a decoded PIL image: does this detector know this kind of image?"""
@@ -157,7 +154,8 @@ def load_detector(folder: str | Path | None = None, device: str | torch.device |
 def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = False, batch_size: int = 256,
                  progress: bool = False) -> list[dict]:
     """One row per image: {path, p_synthetic, synthetic, in_domain, reason, scores} or {path, error} for a file
-    that cannot be read. `in_domain` false means the verdict is not to be trusted (see DomainRules). Files are decoded one by one (each through the safe decoder) and scored in batches."""
+    that cannot be read. `in_domain` false means the verdict is not to be trusted (see DomainRules).
+    Files are decoded one by one (each through the safe decoder) and scored in batches."""
     cfg = detector.config
     mode = "L" if cfg.in_chans == 1 else "RGB"
     items = expand_paths(paths)

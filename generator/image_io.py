@@ -24,6 +24,13 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 MAX_BYTES = 20 * 1024 * 1024  # 20 MiB of encoded bytes
 MAX_PIXELS = 4096 * 4096  # 16.7 MP: below Pillow's default (~89 MP) and ample for a provenance scan
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"RIFF": "WEBP", b"GIF8": "GIF", b"BM": "BMP",
+          b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The allowed format whose magic number starts `data` ("PNG", "JPEG", ...), without decoding."""
+    return next((f for sig, f in _MAGIC.items() if data.startswith(sig)), None)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must raise, never give half an image
 
@@ -167,6 +174,11 @@ def fit_to(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     if x.shape[-2:] != (h, w):
         x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp(-1, 1).contiguous()
+
+
+def stack_fitted(images: list[torch.Tensor], shape: tuple[int, int, int]) -> torch.Tensor:
+    """(C, H, W) tensors of any sizes -> one (B, *shape) batch, each fitted by `fit_to`."""
+    return torch.stack([fit_to(x[None], shape)[0] for x in images])
 
 
 def expand_paths(paths: list[str]) -> list[tuple[Path, str | None]]:

@@ -21,7 +21,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from scipy.special import comb
 
 from generator.image_io import fit_to
 from generator.perturb import rotate
@@ -129,6 +128,7 @@ class Verdict:
     bit_errors_corrected: int
     candidate: str  # which synchronisation candidate matched best ("identity" when none was needed)
     extra: dict = field(default_factory=dict)
+    key_label: str | None = None  # which key of a ring matched best (None for a single Codec)
 
 
 def rotation_candidates(step: float = 7.5, max_angle: float = 90.0) -> list[tuple[str, float]]:
@@ -136,32 +136,41 @@ def rotation_candidates(step: float = 7.5, max_angle: float = 90.0) -> list[tupl
     return [("identity", 0.0)] + [(f"rotate({-a:+g})", float(a)) for a in sorted(angles, key=abs)]
 
 
-def verify(images: torch.Tensor, codec: Codec, model: torch.nn.Module, schedule, *, alpha: float = 0.01,
-           steps: int = 10, search: bool = False, rotation_step: float = 7.5, batch_size: int = 128) -> list[Verdict]:
-    """Verify (B, C, H, W) images in [-1, 1]. With `search`, images not detected as they are get a
-    second pass under inverse rotations; the correction counts every candidate of that search, so
-    the false-positive rate stays at alpha whether or not the second pass runs."""
-    x = fit_to(images, codec.shape)
+def verify(images: torch.Tensor, codec: Codec | dict[str, Codec], model: torch.nn.Module, schedule, *,
+           alpha: float = 0.01, steps: int = 10, search: bool = False, rotation_step: float = 7.5,
+           batch_size: int = 128) -> list[Verdict]:
+    """Verify (B, C, H, W) images in [-1, 1] against one key's Codec or a key ring {label: Codec}.
+
+    The DDIM inversion does not depend on the key, so it runs once per image (and candidate) and
+    every key of the ring reads the same latent; the correction counts every nonce of every key. With
+    `search`, images not detected as they are get a second pass under inverse rotations; the
+    correction counts every candidate of that search, so the false-positive rate stays at alpha
+    whether or not the second pass runs."""
+    ring = codec if isinstance(codec, dict) else {None: codec}
+    codecs = list(ring.values())
+    x = fit_to(images, codecs[0].shape)
     cands = rotation_candidates(rotation_step) if search else [("identity", 0.0)]
-    m = codec.scheme.num_nonces * len(cands)
-    best: list[tuple[float, Reading, str]] = [(2.0, None, "")] * len(x)  # type: ignore[list-item]
+    m = sum(c.scheme.num_nonces for c in codecs) * len(cands)
+    best: list[tuple[float, Reading, str, str | None]] = [(2.0, None, "", None)] * len(x)  # type: ignore[list-item]
     todo = list(range(len(x)))
     for name, angle in cands:
         if not todo:
             break
         batch = x[todo] if angle == 0 else rotate(x[todo], angle)
-        lat = torch.cat([ddim_invert(model, schedule, batch[i:i + batch_size], steps) for i in range(0, len(batch), batch_size)])
-        for i, rd in zip(todo, read_latent(codec, lat.cpu())):
-            if rd.p_value < best[i][0]:
-                best[i] = (rd.p_value, rd, name)
+        lat = torch.cat([ddim_invert(model, schedule, batch[i:i + batch_size], steps)
+                         for i in range(0, len(batch), batch_size)]).cpu()
+        for label, c in ring.items():
+            for i, rd in zip(todo, read_latent(c, lat)):
+                if rd.p_value < best[i][0]:
+                    best[i] = (rd.p_value, rd, name, label)
         # stop early once the image is detected at the fully corrected level (the decision is the same)
         todo = [i for i in todo if sidak(best[i][0], m) >= alpha]
     out = []
-    for p, rd, name in best:
+    for p, rd, name, label in best:
         p_adj = sidak(p, m)
-        payload, valid = decode_payload(codec, rd.message)
+        payload, valid = decode_payload(ring[label], rd.message)
         out.append(Verdict(p_adj < alpha, p_adj, payload if valid else None, valid, rd.errors_corrected, name,
-                           {"decoded_payload": payload}))
+                           {"decoded_payload": payload}, label))
     return out
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from generator.errors import GuardError
 from generator.fsutil import atomic_write_bytes
+from generator.image_io import sniff_format
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 AI_SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeSynthetic", "algorithmicMedia",
@@ -220,8 +221,7 @@ def _short_source_type(manifest: dict) -> str | None:
     return None
 
 
-_MIME = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp", b"GIF8": "image/gif",
-         b"II*\x00": "image/tiff", b"MM\x00*": "image/tiff"}
+_C2PA_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif", "TIFF": "image/tiff"}
 
 
 def read_metadata(data: bytes, trust_anchors: str | None = None) -> dict:
@@ -229,7 +229,7 @@ def read_metadata(data: bytes, trust_anchors: str | None = None) -> dict:
     meta = {"c2pa": {"present": False, "status": None, "digital_source_type": None, "signer": None,
                      "assertion": None},
             "iptc_digital_source_type": iptc_source_type(data)}
-    mime = next((m for sig, m in _MIME.items() if data.startswith(sig)), None)
+    mime = _C2PA_MIME.get(sniff_format(data))  # formats c2pa reads manifests from (not BMP)
     if mime is None or b"c2pa" not in data:  # every embedded manifest store carries the JUMBF label "c2pa"
         return meta
     import c2pa

@@ -57,7 +57,7 @@ def flatten(row: dict, nbytes: int | None) -> dict:
 def score_batch(items: list[tuple[str, bytes | None, str | None]], scanner: Scanner | None,
                 training: torch.Tensor | None = None) -> list[dict]:
     """Flat rows for a batch. `scanner` may be None only when every item already carries an error."""
-    from generator.image_io import fit_to, to_tensor
+    from generator.image_io import stack_fitted, to_tensor
 
     images: dict = {}
     rows = [flatten(r, None if data is None else len(data))
@@ -70,7 +70,7 @@ def score_batch(items: list[tuple[str, bytes | None, str | None]], scanner: Scan
         from generator.metrics import memorization
 
         shape = tuple(training.shape[1:])
-        x = torch.stack([fit_to(to_tensor(img)[None], shape)[0] for _, img in decoded])
+        x = stack_fitted([to_tensor(img) for _, img in decoded], shape)
         ratios = memorization(x, training)["ratio"]
         for (row, _), r in zip(decoded, ratios):
             row["memorization_ratio"] = _r(r)
@@ -101,17 +101,12 @@ class ScanSpec:
         self.threads = threads  # torch threads in the process that builds it (None: leave as is)
 
     def build(self) -> tuple[Scanner, torch.Tensor | None]:
+        from api.runtime import load_key_ring
         from detector.predict import load_detector
-        from watermark.keys import load_key
 
         if self.threads:
             torch.set_num_threads(self.threads)
-        keys = {}
-        for f in self.key_files:
-            label = f.rsplit("/", 1)[-1].removesuffix(".key")
-            while label in keys:
-                label += "'"
-            keys[label] = load_key(f)
+        keys = load_key_ring(None, self.key_files)
         model = schedule = None
         if keys:
             from generator.checkpoint import load_model
