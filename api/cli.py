@@ -72,6 +72,14 @@ def cmd_sample(a: argparse.Namespace) -> int:
         from watermark.manifest import load_signer
 
         signer = load_signer(a.sign)
+    if a.prompt is not None:
+        if a.label is not None:
+            raise GuardError("give --prompt or --label, not both")
+        from generator.text import load_prompt_model
+
+        a.label = load_prompt_model().label_for(a.prompt)
+        if not a.json:
+            print(f"prompt {a.prompt!r} -> digit {a.label}", file=sys.stderr)
     model, schedule, _ = load_model(a.checkpoint)
     kw = dict(label=a.label, guidance=a.guidance, sampler=a.sampler, steps=a.steps, eta=a.eta,
               variance=a.variance, seed=a.seed, precision=a.precision, progress=not a.json)
@@ -105,6 +113,95 @@ def _sign_files(paths: list[Path], signer, assertion: dict) -> None:
 
     for p in paths:
         atomic_write_bytes(p, sign_png(Path(p).read_bytes(), signer, title=Path(p).name, assertion=assertion))
+
+
+def _app_inputs(a: argparse.Namespace, default_checkpoint=None):
+    """What every application command needs, checked before any sampling: the model, the input image
+    (safe decoder), the marking (key + payload) and the signer."""
+    from api.apps import Marking
+    from generator.checkpoint import load_model
+    from generator.image_io import load_image
+
+    key = payload = None
+    if a.watermark_key:
+        from watermark.embed import parse_payload
+
+        key, payload = _load_key(a.watermark_key), parse_payload(a.payload)
+    elif a.payload is not None:
+        raise GuardError("--payload needs --watermark-key")
+    signer = None
+    if a.sign:
+        from watermark.manifest import load_signer
+
+        signer = load_signer(a.sign)
+    if Path(a.out).is_dir():
+        raise GuardError(f"--out {a.out} is a folder; give the output file's name, e.g. {Path(a.out) / 'out.png'}")
+    img = load_image(a.image)
+    model, schedule, _ = load_model(a.checkpoint or default_checkpoint)
+    return model, schedule, img, Marking(key, payload or 0, a.seed), signer
+
+
+def _write_app_output(a: argparse.Namespace, img, marking, signer, app: str, extra: dict) -> int:
+    """One PNG at --out (atomic), signed as an AI edit when --sign is given; one line (or JSON) out."""
+    from generator.fsutil import atomic_write_bytes
+    from generator.image_io import encode_png
+
+    png = encode_png(img)
+    if signer is not None:
+        from watermark.manifest import COMPOSITE_TRAINED, sign_png
+
+        png = sign_png(png, signer, title=Path(a.out).name, source_type=COMPOSITE_TRAINED,
+                       assertion={"application": app, "payload": None if marking.key is None else f"{marking.payload:08x}",
+                                  "key_fingerprint": None if marking.key is None else marking.key.fingerprint})
+    try:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(a.out), png)
+    except OSError as e:
+        raise GuardError(f"{a.out}: cannot write the output ({e.strerror})") from None
+    rec = {"path": str(a.out), "application": app, "size": [int(img.shape[-1]), int(img.shape[-2])],
+           "watermarked": marking.key is not None, "signed": signer is not None, "seed": a.seed, **extra}
+    if marking.key is not None:
+        rec.update(payload=f"{marking.payload:08x}", key_fingerprint=marking.key.fingerprint)
+    print(json.dumps(rec) if a.json else f"wrote {a.out} ({app}, {rec['size'][0]}x{rec['size'][1]}"
+          + (", watermarked" if marking.key is not None else "") + (", signed" if signer is not None else "") + ")")
+    return 0
+
+
+def _app_kw(a: argparse.Namespace) -> dict:
+    return dict(steps=a.steps, eta=a.eta, jump=a.jump, repeats=a.repeats, precision=a.precision)
+
+
+def cmd_refine(a: argparse.Namespace) -> int:
+    from api.apps import refine
+
+    model, schedule, img, marking, signer = _app_inputs(a)
+    out = refine(model, schedule, img, scale=a.scale, deblur=a.deblur, marking=marking, **_app_kw(a))
+    return _write_app_output(a, out, marking, signer, "refine", {"scale": a.scale, "deblur": a.deblur})
+
+
+def cmd_inpaint(a: argparse.Namespace) -> int:
+    from api.apps import MASKS, built_in_mask, inpaint_image, mask_from_image
+    from generator.image_io import load_image
+
+    model, schedule, img, marking, signer = _app_inputs(a)
+    if a.mask in MASKS:
+        known = built_in_mask(a.mask, img.shape[-2], img.shape[-1], a.seed)
+    else:
+        known = mask_from_image(load_image(a.mask), tuple(img.shape[-2:]))
+    out = inpaint_image(model, schedule, img, known, marking=marking, **_app_kw(a))
+    return _write_app_output(a, out, marking, signer, "inpaint",
+                             {"mask": a.mask, "filled_pixels": int((known == 0).sum())})
+
+
+def cmd_colorize(a: argparse.Namespace) -> int:
+    from api.apps import colorize, is_gray
+    from generator.checkpoint import BUNDLED_COLOR
+
+    model, schedule, img, marking, signer = _app_inputs(a, BUNDLED_COLOR)
+    if not is_gray(img):
+        print("ddpm-guard: note: the input has colour; it is colorized from its luma (grey) only", file=sys.stderr)
+    out = colorize(model, schedule, img, marking=marking, **_app_kw(a))
+    return _write_app_output(a, out, marking, signer, "colorize", {})
 
 
 def cmd_eval_gen(a: argparse.Namespace) -> int:
@@ -362,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
     s.add_argument("--variance", choices=["beta_tilde", "beta"], default="beta_tilde", help="DDPM sigma^2")
     s.add_argument("--label", type=int, default=None, help="class to draw; default spreads over all classes")
+    s.add_argument("--prompt", default=None,
+                   help='text prompt, e.g. "a handwritten seven" (needs the [text] extra); off-topic prompts are refused')
     s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
@@ -466,6 +565,42 @@ def build_parser() -> argparse.ArgumentParser:
     we.add_argument("--out", default=None, help="folder for watermark_eval.json and the TPR chart")
     we.add_argument("--json", action="store_true")
     we.set_defaults(func=cmd_watermark_eval)
+
+    def app_parser(name: str, help_: str, checkpoint_help: str) -> argparse.ArgumentParser:
+        from api.apps import DEFAULT_ETA, DEFAULT_STEPS
+
+        ap = sub.add_parser(name, help=help_)
+        ap.add_argument("--image", required=True, help="input image (PNG, JPEG, WebP ...)")
+        ap.add_argument("--out", required=True, help="output PNG file")
+        ap.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help=f"DDNM steps (default {DEFAULT_STEPS})")
+        ap.add_argument("--eta", type=float, default=DEFAULT_ETA,
+                        help=f"DDIM eta of the run (default {DEFAULT_ETA}; a watermark key forces 0)")
+        ap.add_argument("--jump", type=_nonnegative_int, default=0, help="time travel: go back this many steps (RePaint)")
+        ap.add_argument("--repeats", type=_positive_int, default=1, help="time travel: redo each jump this many times")
+        ap.add_argument("--seed", type=int, default=0)
+        ap.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
+        ap.add_argument("--checkpoint", default=None, help=checkpoint_help)
+        ap.add_argument("--watermark-key", default=None, help="key file: embed the watermark (deterministic run)")
+        ap.add_argument("--payload", default=None, help="hex payload of the watermark, up to 32 bits (default 0)")
+        ap.add_argument("--sign", default=None, metavar="SIGNER_DIR",
+                        help="sign the output with C2PA + IPTC XMP as an AI edit (keys new-signer makes one)")
+        ap.add_argument("--json", action="store_true", help="print one JSON line")
+        return ap
+
+    rf = app_parser("refine", "super-resolve (--scale 2|4) or deblur (--deblur SIGMA) an image with DDNM",
+                    "model (default: the bundled digit model, 28x28 grey)")
+    how = rf.add_mutually_exclusive_group(required=True)
+    how.add_argument("--scale", type=int, default=None, help="upscale factor, 2 or 4: the input is model size / scale")
+    how.add_argument("--deblur", type=float, default=None, metavar="SIGMA", help="undo a Gaussian blur of this std (pixels)")
+    rf.set_defaults(func=cmd_refine)
+    ip = app_parser("inpaint", "fill the masked pixels of an image with DDNM; known pixels are kept exactly",
+                    "model (default: the bundled digit model, 28x28 grey)")
+    ip.add_argument("--mask", required=True,
+                    help="mask image (white = fill, black = keep, same size) or a built-in: box, half, strokes")
+    ip.set_defaults(func=cmd_inpaint)
+    co = app_parser("colorize", "add colour to a grey photo of any size (bundled 32x32 colour model; luma kept exactly)",
+                    "colour model (default: the bundled photos32 model)")
+    co.set_defaults(func=cmd_colorize)
 
     dm = sub.add_parser("demo", help="watermark, verify and detect on a few images; one table")
     dm.add_argument("--out", default="demo-out", help="folder for the demo key and images (default demo-out)")

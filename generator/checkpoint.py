@@ -27,6 +27,7 @@ from generator.unet import UNet
 FORMAT = "ddpm-guard/unet-v1"
 CONFIG_NAME, WEIGHTS_NAME, STATE_NAME = "config.json", "model.safetensors", "train_state.safetensors"
 BUNDLED = Path(__file__).parent / "weights" / "mnist5k"
+BUNDLED_COLOR = Path(__file__).parent / "weights" / "photos32"  # the colorization prior (32x32 RGB photo patches)
 
 
 def default_device() -> torch.device:

@@ -4,6 +4,9 @@
   The split is fixed per digit: the first 400 of each digit are ``train`` (4,000), the last 100
   are ``heldout`` (1,000) and are never trained on.
 - ``digits``: scikit-learn's 1,797 8x8 digits (values 0-16), all in ``train``.
+- ``photos32``: 32x32 RGB patches cut from the colour photographs that ship inside scikit-image
+  (``skimage/data``), at several scales, for the colour model of the colorization application.
+  The split is by photograph: ``heldout`` patches come only from PHOTOS_HELDOUT, never trained on.
 - ``folder:PATH``: every image under PATH, decoded by the safe decoder; unlabelled.
 """
 
@@ -19,6 +22,13 @@ from generator.image_io import fit_to, list_images, load_image
 
 MNIST_TRAIN_PER_DIGIT = 400
 SPLITS = ("train", "heldout", "all")
+# the colour photographs of skimage/data (the grey ones, charts and logos are left out). motorcycle_left and
+# _right are one scene, so both train; the held-out photos are two unrelated scenes (a cat, a rocket).
+PHOTOS_TRAIN = ("astronaut.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
+                "motorcycle_right.png", "retina.jpg")
+PHOTOS_HELDOUT = ("chelsea.png", "rocket.jpg")
+PATCH_SCALES = (40, 64, 96, 128, 192, 256)  # the photo's shorter side before cropping: whole scenes to texture
+PATCHES_PER_SPLIT = {"train": 16384, "heldout": 512}
 
 
 @dataclass
@@ -80,6 +90,46 @@ def _folder(path: str, channels: int | None, image_size: int | None) -> tuple[to
     return torch.stack(out), torch.full((len(out),), -1, dtype=torch.long)
 
 
+def photo_paths(split: str) -> list:
+    from pathlib import Path
+
+    try:
+        import skimage
+    except ImportError:
+        raise GuardError("the photos32 data set reads scikit-image's photographs: pip install scikit-image") from None
+
+    root = Path(skimage.__file__).parent / "data"
+    names = {"train": PHOTOS_TRAIN, "heldout": PHOTOS_HELDOUT, "all": PHOTOS_TRAIN + PHOTOS_HELDOUT}[split]
+    return [root / n for n in names]
+
+
+def _photos32(split: str, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic random crops (seed fixed per split), an even share per photo and scale, half of
+    them mirrored. Resizing is PIL's antialiased bicubic on the 8-bit photo."""
+    from PIL import Image
+
+    parts = ["train", "heldout"] if split == "all" else [split]
+    out = []
+    for part in parts:
+        rng = np.random.default_rng({"train": 0, "heldout": 1}[part])
+        paths = photo_paths(part)
+        per = -(-PATCHES_PER_SPLIT[part] // (len(paths) * len(PATCH_SCALES)))
+        for path in paths:
+            photo = ((load_image(path, mode="RGB") + 1) * 127.5).round().clamp(0, 255).byte()
+            pil = Image.fromarray(photo.permute(1, 2, 0).numpy())
+            for short in PATCH_SCALES:
+                k = short / min(pil.size)
+                scaled = np.asarray(pil.resize((max(size, round(pil.width * k)), max(size, round(pil.height * k))),
+                                               Image.BICUBIC))
+                h, w = scaled.shape[:2]
+                for _ in range(per):
+                    i, j = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+                    crop = scaled[i:i + size, j:j + size]
+                    out.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
+    x = torch.from_numpy(np.stack(out).astype(np.float32)).permute(0, 3, 1, 2) / 127.5 - 1.0
+    return x.contiguous(), torch.full((len(x),), -1, dtype=torch.long)
+
+
 def load_dataset(name: str, split: str = "train", *, image_size: int | None = None,
                  channels: int | None = None) -> Dataset:
     """Load a named data set. `image_size` resizes (bilinear, antialiased); `channels` forces 1 or 3."""
@@ -91,13 +141,15 @@ def load_dataset(name: str, split: str = "train", *, image_size: int | None = No
         x, y = _mnist5k(split)
     elif name == "digits":
         x, y = _digits(split)
+    elif name == "photos32":
+        x, y = _photos32(split)
     elif name.startswith("folder:"):
         path = name.split(":", 1)[1]
         if split == "heldout":
             raise GuardError("a folder data set has no held-out split; use split 'train' or 'all'")
         x, y = _folder(path, channels, image_size)
     else:
-        raise GuardError(f"unknown data set {name!r}; use mnist5k, digits or folder:PATH")
+        raise GuardError(f"unknown data set {name!r}; use mnist5k, digits, photos32 or folder:PATH")
     c, h, w = x.shape[1:]
     shape = (channels or c, image_size or h, image_size or w)
     return Dataset(x.contiguous() if shape == (c, h, w) else fit_to(x, shape), y, name)

@@ -32,6 +32,8 @@ from generator.fsutil import atomic_write_bytes
 from generator.image_io import sniff_format
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+# an image a model has edited (inpainted, restored, colorized): the IPTC term for "real content with AI parts"
+COMPOSITE_TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 AI_SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeSynthetic", "algorithmicMedia",
                    "compositeWithTrainedAlgorithmicMedia")
 ASSERTION_LABEL = "org.ddpm-guard.generation"
@@ -172,19 +174,26 @@ def _c2pa_context(trust_anchors: str | None, *, signing: bool = False):
     return c2pa.Context(settings=c2pa.Settings.from_dict(cfg))
 
 
-def sign_png(png: bytes, signer: ManifestSigner, *, title: str = "image.png", assertion: dict | None = None) -> bytes:
+def sign_png(png: bytes, signer: ManifestSigner, *, title: str = "image.png", assertion: dict | None = None,
+             source_type: str = TRAINED_ALGORITHMIC_MEDIA) -> bytes:
     """PNG bytes -> PNG bytes with the IPTC XMP source type and a signed C2PA manifest that says
-    "created by a trained algorithm", plus our assertion (account, payload, key label)."""
+    "created by a trained algorithm" (or, with source_type=COMPOSITE_TRAINED, "edited by one": the
+    applications' inpainted, restored and colorized outputs), plus our assertion (account, payload, key label)."""
     import c2pa
+
+    if source_type not in (TRAINED_ALGORITHMIC_MEDIA, COMPOSITE_TRAINED):
+        raise ValueError(f"unsupported digital source type {source_type!r}")
+    intent_type = (c2pa.C2paDigitalSourceType.TRAINED_ALGORITHMIC_MEDIA if source_type == TRAINED_ALGORITHMIC_MEDIA
+                   else c2pa.C2paDigitalSourceType.COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA)
 
     manifest = {"claim_generator_info": [{"name": "ddpm-guard", "version": _version()}], "title": title,
                 "format": "image/png",
                 "assertions": [{"label": ASSERTION_LABEL, "data": assertion or {}}]}
-    src = add_xmp_png(png)
+    src = add_xmp_png(png, source_type)
     try:
         info = c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, signer.chain_pem, signer.key_pem, None)
         with c2pa.Signer.from_info(info) as s, c2pa.Builder(manifest, _c2pa_context(None, signing=True)) as b:
-            b.set_intent(c2pa.C2paBuilderIntent.CREATE, c2pa.C2paDigitalSourceType.TRAINED_ALGORITHMIC_MEDIA)
+            b.set_intent(c2pa.C2paBuilderIntent.CREATE, intent_type)
             out = io.BytesIO()
             b.sign(s, "image/png", io.BytesIO(src), out)
     except c2pa.C2paError as e:
@@ -278,4 +287,4 @@ def describe(meta: dict) -> str:
 
 
 __all__ = ["ManifestSigner", "new_signer", "load_signer", "sign_png", "read_metadata", "load_trust_anchors",
-           "iptc_source_type", "add_xmp_png", "is_ai_source", "describe"]
+           "iptc_source_type", "add_xmp_png", "COMPOSITE_TRAINED", "is_ai_source", "describe"]
