@@ -65,6 +65,7 @@ class Runtime:
     schedule: object
     signer: object | None  # watermark.manifest.ManifestSigner
     service_key: object | None  # watermark.keys.WatermarkKey
+    color: tuple | None = None  # (model, schedule) of the colour model, when one is installed
 
 
 def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, watermark: bool = True) -> Runtime:
@@ -80,7 +81,17 @@ def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, wat
     scanner = Scanner(detector=load_detector(settings.detector), model=model if ring else None, schedule=schedule,
                       keys=ring, trust_anchors=anchors, alpha=settings.alpha, account_name=store.account_name if store else None)
     signer = load_signer(settings.signer_dir) if (settings.signer_dir / "signer.pem").exists() else None
-    return Runtime(settings, store, scanner, model, schedule, signer, ring.get(SERVICE_KEY_LABEL))
+    return Runtime(settings, store, scanner, model, schedule, signer, ring.get(SERVICE_KEY_LABEL),
+                   _load_color(settings.color_checkpoint))
+
+
+def _load_color(folder: str | None) -> tuple | None:
+    from generator.checkpoint import BUNDLED_COLOR, load_model
+
+    if folder is None and not (BUNDLED_COLOR / "config.json").exists():
+        return None
+    model, schedule, _ = load_model(folder or BUNDLED_COLOR)
+    return model, schedule
 
 
 def generate_signed(rt: Runtime, account: Account, n: int, *, label: int | None = None, steps: int | None = None,
@@ -111,6 +122,40 @@ def generate_signed(rt: Runtime, account: Account, n: int, *, label: int | None 
     return out
 
 
+def apply_signed(rt: Runtime, account: Account, app: str, img: torch.Tensor, *, seed: int | None = None,
+                 steps: int | None = None, **kw) -> dict:
+    """One application output for an account, marked like /v1/generate: the service key's watermark with
+    the account id as payload, and a C2PA manifest that calls it an AI edit of the upload.
+    `app` is refine, inpaint or colorize; `kw` goes to that function. {filename, png, payload, seed}."""
+    from api import apps
+    from generator.image_io import encode_png
+    from watermark.manifest import COMPOSITE_TRAINED, sign_png
+
+    if rt.service_key is None or rt.signer is None:
+        raise GuardError("the service has no watermark key or signer; restart it to create them")
+    steps = apps.DEFAULT_STEPS if steps is None else steps
+    if not 1 <= steps <= rt.settings.max_app_steps:
+        raise GuardError(f"steps must be between 1 and {rt.settings.max_app_steps}, got {steps}")
+    seed = secrets.randbits(31) if seed is None else seed
+    marking = apps.Marking(rt.service_key, account.id, seed)
+    if app == "colorize":
+        if rt.color is None:
+            raise GuardError("this service has no colour model installed")
+        out = apps.colorize(*rt.color, img, steps=steps, marking=marking)
+    elif app == "refine":
+        out = apps.refine(rt.model, rt.schedule, img, steps=steps, marking=marking, **kw)
+    elif app == "inpaint":
+        out = apps.inpaint_image(rt.model, rt.schedule, img, kw.pop("known"), steps=steps, marking=marking, **kw)
+    else:
+        raise ValueError(f"unknown application {app!r}")
+    name = f"ddpm-guard_{app}_{seed}.png"
+    payload = f"{account.id:08x}"
+    png = sign_png(encode_png(out), rt.signer, title=name, source_type=COMPOSITE_TRAINED,
+                   assertion={"account": account.name, "payload": payload, "key_label": SERVICE_KEY_LABEL,
+                              "application": app})
+    return {"filename": name, "png": png, "payload": payload, "seed": seed}
+
+
 def zip_files(files: list[dict]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:  # PNGs are already compressed
@@ -119,4 +164,5 @@ def zip_files(files: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["Runtime", "open_runtime", "prepare_home", "key_files", "load_key_ring", "generate_signed", "zip_files"]
+__all__ = ["Runtime", "open_runtime", "prepare_home", "key_files", "load_key_ring", "generate_signed", "apply_signed",
+           "zip_files"]

@@ -65,6 +65,8 @@ class GenerateRequest(BaseModel):
     steps: int | None = Field(None, ge=1, le=1000, description="DDIM steps (default 50)")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="same seed, same images; default random")
     guidance: float | None = Field(None, ge=0.0, le=20.0, description="classifier-free guidance scale")
+    prompt: str | None = Field(None, max_length=500, description='text, e.g. "a handwritten seven"; off-topic '
+                               "prompts are refused with 400; not with label")
 
 
 class GeneratedImage(BaseModel):
@@ -78,6 +80,16 @@ class GenerateResponse(BaseModel):
     account: str
     seed: int
     images: list[GeneratedImage]
+
+
+class AppImage(BaseModel):
+    application: Literal["refine", "inpaint", "colorize"]
+    filename: str
+    png_base64: str
+    payload: str = Field(description="the watermark's payload: the calling account's id, hex")
+    seed: int
+    width: int
+    height: int
 
 
 class Health(BaseModel):

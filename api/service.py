@@ -117,11 +117,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     async def guard_error(_request: Request, exc: GuardError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    from api.routes import audit, generate, health, scan
+    from api.routes import apps, audit, generate, health, scan
 
     app.include_router(health.router)
     app.include_router(scan.router)
     app.include_router(generate.router)
+    app.include_router(apps.router)
     app.include_router(audit.router)
     _metrics(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, limits={"/v1/audit": settings.max_audit_bytes})

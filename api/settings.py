@@ -42,6 +42,8 @@ class Settings(BaseModel):
     alpha: float = Field(1e-3, gt=0, lt=1)
     detector: str | None = None  # detector folder; default: the bundled detector
     checkpoint: str | None = None  # generator checkpoint; default: the bundled model
+    color_checkpoint: str | None = None  # colour model for /v1/colorize; default: the bundled photos32 model
+    max_app_steps: int = 250  # DDNM steps an application request may ask for (each costs one network pass)
     organization: str = "ddpm-guard"  # the O= of the C2PA signer made on first start
     trust_anchors: list[str] = Field(default_factory=list)  # extra PEM files; the home's own CA is always trusted
     batch_window_ms: float = Field(5.0, ge=0)  # scans arriving within this window share one model call; 0 disables

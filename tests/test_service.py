@@ -400,3 +400,92 @@ def test_domain_gate_flags_photographs_and_passes_real_digits():
     held = load_dataset("mnist5k", "heldout").images
     flagged = sum(not rules.check(Image.fromarray(to_uint8(x)), 28)[0] for x in held)
     assert flagged <= len(held) // 100
+
+
+def _small(v: int = 200, size: int = 4) -> bytes:
+    arr = np.zeros((size, size), np.uint8)
+    arr[:, size // 2:] = v
+    return _enc(Image.fromarray(arr))
+
+
+def test_applications_are_watermarked_signed_edits_for_the_account(svc, tmp_path):
+    client, headers, rt = svc
+    acc = rt.store.authenticate(headers["X-API-Key"])
+    r = client.post("/v1/refine", headers=headers, files={"image": ("s.png", _small())}, data={"scale": "2", "steps": "5", "seed": "1"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["application"], body["width"], body["height"], body["payload"]) == ("refine", 8, 8, f"{acc.id:08x}")
+    png = base64.b64decode(body["png_base64"])
+    from watermark.manifest import read_metadata
+
+    meta = read_metadata(png, rt.scanner.trust_anchors)
+    assert meta["c2pa"]["status"] == "Trusted"
+    assert meta["c2pa"]["digital_source_type"] == "compositeWithTrainedAlgorithmicMedia"
+    assert meta["c2pa"]["assertion"]["application"] == "refine" and meta["c2pa"]["assertion"]["account"] == "alice"
+    # the scan calls such a file AI-made (a trusted manifest says so) and names the account
+    row = _scan(client, headers, [("r.png", png)]).json()["results"][0]
+    assert row["verdict"] in ("watermarked-ours", "signed-synthetic") and row["account"] == "alice"
+    img = _enc(_digit().resize((8, 8)))
+    r = client.post("/v1/inpaint", headers={**headers, "Accept": "image/png"}, files={"image": ("d.png", img)},
+                    data={"shape": "half", "steps": "5", "seed": "2"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.headers["x-ddpm-guard-payload"] == f"{acc.id:08x}"
+    out, inp = np.asarray(decode_image(r.content)), np.asarray(decode_image(img))
+    assert (out[:, :4] == inp[:, :4]).all()  # the kept half, exactly
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:5, 2:5] = 255
+    r = client.post("/v1/inpaint", headers=headers, files={"image": ("d.png", img), "mask": ("m.png", _enc(Image.fromarray(mask)))},
+                    data={"steps": "5"})
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/refine", headers=headers, files={"image": ("b.png", img)}, data={"deblur": "1.0", "steps": "5"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("route,files,data,match", [
+    ("/v1/refine", {"image": ("s.png", b"not an image")}, {"scale": "2"}, "not an image in an allowed format"),
+    ("/v1/refine", {"image": ("s.png", _small(size=8))}, {"scale": "2"}, "must be 4x4"),
+    ("/v1/refine", {"image": ("s.png", _small())}, {}, "exactly one of --scale and --deblur"),
+    ("/v1/inpaint", {"image": ("d.png", _small(size=8))}, {}, "exactly one of mask"),
+    ("/v1/inpaint", {"image": ("d.png", _small(size=8)), "mask": ("m.png", _small(0, size=8))}, {}, "mask is empty"),
+    ("/v1/inpaint", {"image": ("d.png", _small(size=8)), "mask": ("m.png", _small(size=6))}, {}, "same size"),
+    ("/v1/refine", {"image": ("s.png", _small())}, {"scale": "2", "steps": "900"}, "steps must be between"),
+])
+def test_application_mistakes_are_400_with_one_message(svc, route, files, data, match):
+    client, headers, _ = svc
+    r = client.post(route, headers=headers, files=files, data=data)
+    assert r.status_code in (400, 422), r.text
+    assert match in r.text and "Traceback" not in r.text
+
+
+def test_colorize_route_keeps_the_grey_levels(svc, tmp_path):
+    client, headers, rt = svc
+    assert client.post("/v1/colorize", headers=headers, files={"image": ("g.png", _small())}).status_code in (200, 400)
+    from generator.checkpoint import save_model
+    from generator.config import DiffusionConfig
+    from generator.unet import UNet
+    from tests.conftest import tiny_unet
+
+    torch.manual_seed(0)
+    save_model(tmp_path / "rgb", UNet(tiny_unet(in_channels=3, num_classes=None)), DiffusionConfig())
+    old, rt.color = rt.color, load_model(tmp_path / "rgb", device="cpu")[:2]
+    try:
+        grey = (np.arange(12 * 20).reshape(12, 20) % 256).astype(np.uint8)
+        r = client.post("/v1/colorize", headers=headers, files={"image": ("g.png", _enc(Image.fromarray(grey)))},
+                        data={"steps": "5", "seed": "0"})
+        assert r.status_code == 200, r.text
+        out = decode_image(base64.b64decode(r.json()["png_base64"]))
+        assert out.mode == "RGB" and out.size == (20, 12)
+        assert np.abs(np.asarray(out.convert("L")).astype(int) - grey).max() <= 1
+    finally:
+        rt.color = old
+
+
+def test_generate_with_a_prompt_and_refusal(svc):
+    pytest.importorskip("sentence_transformers")
+    client, headers, _ = svc
+    r = client.post("/v1/generate", headers=headers, json={"n": 1, "steps": 5, "seed": 0, "prompt": "a handwritten seven"})
+    assert r.status_code == 200 and r.json()["images"][0]["label"] == 7
+    r = client.post("/v1/generate", headers=headers, json={"n": 1, "prompt": "a photo of a cat"})
+    assert r.status_code == 400 and "cannot draw" in r.json()["detail"]
+    r = client.post("/v1/generate", headers=headers, json={"n": 1, "prompt": "a seven", "label": 3})
+    assert r.status_code == 400

@@ -7,6 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from api.deps import AccountDep, RuntimeDep
+from generator.errors import GuardError
 from api.runtime import generate_signed, zip_files
 from api.schemas import GeneratedImage, GenerateRequest, GenerateResponse
 
@@ -16,7 +17,14 @@ router = APIRouter(prefix="/v1", tags=["generate"])
 @router.post("/generate", response_model=GenerateResponse, summary="Watermarked, C2PA-signed digits",
              responses={200: {"content": {"application/zip": {}}}, 400: {}, 401: {}, 429: {}})
 async def generate(req: GenerateRequest, request: Request, rt: RuntimeDep, account: AccountDep):
-    files = await run_in_threadpool(generate_signed, rt, account, req.n, label=req.label, steps=req.steps,
+    label = req.label
+    if req.prompt is not None:
+        if label is not None:
+            raise GuardError("give prompt or label, not both")
+        from generator.text import load_prompt_model
+
+        label = (await run_in_threadpool(load_prompt_model)).label_for(req.prompt)
+    files = await run_in_threadpool(generate_signed, rt, account, req.n, label=label, steps=req.steps,
                                     seed=req.seed, guidance=req.guidance)
     if "application/zip" in request.headers.get("accept", ""):
         return Response(zip_files(files), media_type="application/zip",
