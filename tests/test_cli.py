@@ -60,3 +60,61 @@ def test_train_refuses_to_overwrite_a_run(tmp_path):
 def test_negative_counts_are_refused(tmp_path):
     r = run("watermark", "eval", "--key", str(tmp_path / "k"), "--fid-seeds", "-1")
     assert r.returncode == 2 and "must be at least 0" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def app_files(tmp_path_factory):
+    """A held-out digit, its 7x7 thumbnail, a colour image and a few masks, as a user would have them."""
+    import numpy as np
+    from PIL import Image
+
+    from generator.data import load_dataset
+    from generator.image_io import save_image
+    from generator.restore import downsample
+
+    d = tmp_path_factory.mktemp("app_files")
+    x = load_dataset("mnist5k", "heldout").images[5]
+    save_image(x, d / "digit.png")
+    save_image(downsample(4).forward(x[None])[0], d / "small.png")
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8) + np.array([200, 30, 30], np.uint8)).save(d / "red.png")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(d / "empty_mask.png")
+    Image.fromarray(np.full((20, 20), 255, np.uint8)).save(d / "small_mask.png")
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    return d
+
+
+@pytest.mark.skipif(not (BUNDLED / "model.safetensors").exists(), reason="bundled model not trained yet")
+def test_refine_and_inpaint_with_the_bundled_model(app_files, tmp_path):
+    import json
+
+    r = run("refine", "--image", str(app_files / "small.png"), "--scale", "4", "--steps", "20",
+            "--out", str(tmp_path / "sr.png"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["size"] == [28, 28] and load_image(tmp_path / "sr.png").shape == (1, 28, 28)
+    r = run("inpaint", "--image", str(app_files / "digit.png"), "--mask", "box", "--steps", "20",
+            "--out", str(tmp_path / "ip.png"))
+    assert r.returncode == 0, r.stderr
+    a, b = load_image(app_files / "digit.png"), load_image(tmp_path / "ip.png")
+    assert (a[:, :7] == b[:, :7]).all() and (a[:, 21:] == b[:, 21:]).all()  # outside the box: the same pixels
+
+
+@pytest.mark.parametrize("args,match", [
+    (["refine", "--image", "{d}/missing.png", "--scale", "4"], "no such file"),
+    (["refine", "--image", "{d}/corrupt.png", "--scale", "4"], "corrupt.png"),
+    (["refine", "--image", "{d}/digit.png", "--scale", "3"], "--scale 3 is not supported"),
+    (["refine", "--image", "{d}/digit.png", "--scale", "4"], "must be 7x7"),
+    (["refine", "--image", "{d}/red.png", "--deblur", "1.5"], "colour image but the model is greyscale"),
+    (["inpaint", "--image", "{d}/digit.png", "--mask", "{d}/empty_mask.png"], "mask is empty"),
+    (["inpaint", "--image", "{d}/digit.png", "--mask", "{d}/small_mask.png"], "same size"),
+    (["inpaint", "--image", "{d}/digit.png", "--mask", "circle"], "circle"),
+    (["inpaint", "--image", "{d}/digit.png", "--mask", "box", "--watermark-key", "{d}/nokey.key"], "nokey.key"),
+    (["sample", "--prompt", "a photo of a cat"], "cannot draw"),
+    (["sample", "--prompt", "seven", "--label", "3"], "not both"),
+])
+def test_application_mistakes_exit_2(app_files, tmp_path, args, match):
+    if "--prompt" in args:
+        pytest.importorskip("sentence_transformers")
+    r = run(*[a.format(d=app_files) for a in args], "--out", str(tmp_path / "o.png"))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert match in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o.png").exists()

@@ -1,0 +1,109 @@
+"""Colorization on held-out photos: the bundled photos32 model with DDNM against two baselines.
+
+Data: the 516 held-out 32x32 patches of `photos32` (cut only from chelsea.png and rocket.jpg, which the
+model never saw), and those two photographs whole, at full resolution (the thumbnail path of
+`generator.restore.colorize_image`). Baselines: "grey" (R = G = B = luma) and "mean colour" (the
+training patches' average chroma added to the luma, projected back so the luma is exact).
+Metrics, on 8-bit outputs:
+- gray-consistency error: mean |luma(output) - luma(input)| in 8-bit levels (DDNM: exact up to rounding);
+- colourfulness (Hasler & Suesstrunk 2003) beside the ground truth's;
+- colour-histogram error: total-variation distance between the output's and the truth's 16-bin
+  histograms of the two opponent chroma axes (rg = R - G, yb = (R + G)/2 - B), mean of the two;
+- PSNR against the true colours.
+
+    python bench/apps/colorize.py --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from generator.checkpoint import BUNDLED_COLOR, load_model
+from generator.data import load_dataset, photo_paths
+from generator.image_io import load_image, quantize
+from generator.restore import LUMA, colorize_image, finish, gray
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    return (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def opponent(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r, g, b = ((x + 1) * 127.5).unbind(1)
+    return r - g, (r + g) / 2 - b
+
+
+def colourfulness(x: torch.Tensor) -> float:
+    """Per image, then averaged: sqrt(sd_rg^2 + sd_yb^2) + 0.3 sqrt(mu_rg^2 + mu_yb^2) on 0-255 values."""
+    rg, yb = opponent(x)
+    rg, yb = rg.flatten(1), yb.flatten(1)
+    c = (rg.std(1) ** 2 + yb.std(1) ** 2).sqrt() + 0.3 * (rg.mean(1) ** 2 + yb.mean(1) ** 2).sqrt()
+    return float(c.mean())
+
+
+def hist_error(out: torch.Tensor, truth: torch.Tensor, bins: int = 16) -> float:
+    errs = []
+    for a, b in zip(opponent(out), opponent(truth)):
+        for i in range(len(out)):
+            ha = torch.histc(a[i], bins, -255, 255)
+            hb = torch.histc(b[i], bins, -255, 255)
+            errs.append(0.5 * (ha / ha.sum() - hb / hb.sum()).abs().sum().item())
+    return float(np.mean(errs))
+
+
+def scores(out: torch.Tensor, truth: torch.Tensor) -> dict:
+    out, truth = quantize(out), quantize(truth)
+    mse = ((out - truth) / 2).pow(2).flatten(1).mean(1)
+    return {"gray_error_levels": float(((luma(out) - luma(truth)).abs() * 127.5).mean()),
+            "colourfulness": colourfulness(out), "colourfulness_truth": colourfulness(truth),
+            "chroma_hist_tv": hist_error(out, truth), "psnr": float((-10 * torch.log10(mse.clamp(min=1e-10))).mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--checkpoint", default=None)
+    a = ap.parse_args()
+    model, schedule, _ = load_model(a.checkpoint or BUNDLED_COLOR)
+    train = load_dataset("photos32", "train").images
+    shift = (train - luma(train)).mean((0, 2, 3)).view(1, 3, 1, 1)  # the training patches' mean chroma
+    held = load_dataset("photos32", "heldout").images
+    op = gray()
+
+    def baselines(x: torch.Tensor) -> dict:
+        y = luma(x)
+        return {"grey": y.expand(-1, 3, -1, -1), "mean colour": finish(y + shift, op, y)}
+
+    report = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+              "steps": a.steps, "patches": {"n": len(held)}, "photos": {}}
+    outs = baselines(held)
+    t = time.perf_counter()
+    gen = torch.Generator().manual_seed(0)
+    outs["ddnm"] = torch.cat([colorize_image(model, schedule, luma(held[i:i + 172]), steps=a.steps, generator=gen)
+                              for i in range(0, len(held), 172)])
+    report["patches"]["ddnm_seconds_per_patch"] = (time.perf_counter() - t) / len(held)
+    for k, v in outs.items():
+        report["patches"][k] = scores(v, held)
+    print(json.dumps(report["patches"]), flush=True)
+    for path in photo_paths("heldout"):
+        x = load_image(path, mode="RGB")[None]
+        outs = baselines(x)
+        t = time.perf_counter()
+        outs["ddnm"] = colorize_image(model, schedule, luma(x), steps=a.steps, generator=torch.Generator().manual_seed(0))
+        res = {k: scores(v, x) for k, v in outs.items()}
+        res["ddnm_seconds"] = time.perf_counter() - t
+        res["size"] = list(x.shape[-2:])
+        report["photos"][path.name] = res
+        from generator.image_io import save_image
+
+        save_image(torch.cat([x[0], outs["ddnm"][0]], -1), f"bench/results/colorize_{path.stem}.png")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
