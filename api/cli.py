@@ -452,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate images with a trained model (default: the bundled MNIST model)")
     s.add_argument("--n", type=_positive_int, default=64)
     s.add_argument("--out", required=True, help="folder for one PNG per sample plus grid.png")
-    s.add_argument("--sampler", choices=["ddim", "ddpm", "dpmpp2m"], default="ddim",
-                   help="ddim, ddpm (ancestral) or dpmpp2m (DPM-Solver++(2M): fewer steps for the same quality)")
+    s.add_argument("--sampler", choices=["ddim", "ddpm", "dpmpp2m", "unipc"], default="ddim",
+                   help="ddim, ddpm (ancestral), dpmpp2m (DPM-Solver++(2M)) or unipc (UniPC-2): the last two need fewer steps")
     s.add_argument("--steps", type=_positive_int, default=None,
                    help="sampling steps (default: 50 for DDIM, all 1000 for DDPM; fewer DDPM steps respace the chain)")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
@@ -477,13 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval-gen", help="FID/KID/precision/recall/class accuracy/memorization of a generator")
     e.add_argument("--checkpoint", default=None)
     e.add_argument("--n", type=_positive_int, default=1000)
-    e.add_argument("--sampler", choices=["ddim", "ddpm", "dpmpp2m"], default="ddim")
+    e.add_argument("--sampler", choices=["ddim", "ddpm", "dpmpp2m", "unipc"], default="ddim")
     e.add_argument("--steps", type=_positive_int, default=50)
     e.add_argument("--guidance", type=float, default=None)
     e.add_argument("--guidance-sweep", type=float, nargs="*", default=[1.0, 1.5, 2.0, 3.0])
     e.add_argument("--step-sweep", type=_positive_int, nargs="*", default=None,
                    help="also FID at these step counts (1000 = DDPM ancestral), with a plot")
-    e.add_argument("--sweep-samplers", nargs="+", choices=["ddim", "dpmpp2m"], default=["ddim"],
+    e.add_argument("--sweep-samplers", nargs="+", choices=["ddim", "dpmpp2m", "unipc"], default=["ddim"],
                    help="the ODE samplers the step sweep runs (default ddim)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default=None, help="folder for eval_gen.json, grids and the plot")

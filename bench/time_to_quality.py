@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--grid", default="ours-ddim:10,20,50;ours-dpmpp2m:5,10,15,20;diffusers-ddim:10,20,50;"
+    ap.add_argument("--grid", default="ours-ddim:20,50;ours-dpmpp2m:5,10,15,20;ours-unipc:5,10,15,20;diffusers-ddim:20,50;"
                                       "diffusers-dpmsolver++2m:5,10,15,20;diffusers-unipc:5,10,15,20")
     a = ap.parse_args()
     precision = resolve_precision(a.precision, torch.device("cpu"))

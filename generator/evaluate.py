@@ -78,13 +78,13 @@ def _plot_steps(sweep: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for sampler, marker in (("ddim", "o-"), ("dpmpp2m", "^-"), ("ddpm", "s")):  # one series per sampler, in step order
+    for sampler, marker in (("ddim", "o-"), ("dpmpp2m", "^-"), ("unipc", "v-"), ("ddpm", "s")):  # one series per sampler, in step order
         names = sorted((k for k in sweep if k.split("-")[0] == sampler), key=lambda k: int(k.split("-")[1]))
         if not names:
             continue
         steps = [int(k.split("-")[1]) for k in names]
         fids = [sweep[k]["fid"] for k in names]
-        ax.plot(steps, fids, marker, label={"dpmpp2m": "DPM-Solver++(2M)"}.get(sampler, sampler.upper()))
+        ax.plot(steps, fids, marker, label={"dpmpp2m": "DPM-Solver++(2M)", "unipc": "UniPC-2"}.get(sampler, sampler.upper()))
         for s_, f_, k in zip(steps, fids, names):
             ax.annotate(k, (s_, f_), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.legend(fontsize=8)

@@ -1,5 +1,5 @@
-"""Samplers: DDPM ancestral, DDIM (any step count, any eta), DPM-Solver++(2M), classifier-free guidance
-and DDIM inversion.
+"""Samplers: DDPM ancestral, DDIM (any step count, any eta), DPM-Solver++(2M), UniPC(2), classifier-free
+guidance and DDIM inversion.
 
 The model only predicts noise; these functions own the arithmetic (the diffusers shape). Every
 random draw goes through an explicit torch.Generator, drawn on the CPU and then moved, so a seed
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from generator.errors import GuardError
 from generator.schedule import NoiseSchedule
 
-SAMPLERS = ("ddim", "ddpm", "dpmpp2m")
+SAMPLERS = ("ddim", "ddpm", "dpmpp2m", "unipc")
 
 
 def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
@@ -173,6 +174,78 @@ def dpmpp2m_step(eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, schedu
     return x_prev, x0, h
 
 
+@dataclass
+class UniPCState:
+    """What UniPC carries between steps: the previous point (before its correction is known) and the
+    data predictions and log-SNRs of the last two steps."""
+    x_last: torch.Tensor  # x at the previous timestep, as corrected
+    lam_last: float
+    m_last: torch.Tensor  # the data prediction at the previous timestep
+    lam_older: float | None = None
+    m_older: torch.Tensor | None = None
+    order: int = 1  # the order of the predictor that produced the current point
+
+
+def _unipc_coeffs(h: float, r1: float | None) -> tuple[float, float]:
+    """UniC's weights (rho_1, rho_t) for B(h) = e^{-h} - 1 ("bh2", data prediction): with one earlier
+    point the 2x2 system of Zhao et al. 2023 (Eq. 9, Alg. 2); with none, rho_t = 1/2."""
+    if r1 is None:
+        return 0.0, 0.5
+    hh = -h
+    b_h = math.expm1(hh)
+    phi1 = math.expm1(hh) / hh - 1  # h phi_2-type terms of the exponential integrator
+    phi2 = phi1 / hh - 0.5
+    b = (phi1 / b_h, 2 * phi2 / b_h)
+    # solve [[1, 1], [r1, 1]] @ (rho_1, rho_t) = b
+    det = 1 - r1
+    return (b[0] - b[1]) / det, (b[1] - r1 * b[0]) / det
+
+
+def unipc_step(eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, schedule: NoiseSchedule,
+               state: UniPCState | None, remaining: int) -> tuple[torch.Tensor, UniPCState | None]:
+    """One UniPC step (Zhao et al. 2023, "UniPC", bh2 variant, order 2, data prediction): first the
+    corrector UniC refines the current point with the model output just computed (no extra network
+    call), then the predictor UniP-2 moves to t_prev. UniP-2 with B(h) = e^{-h} - 1 is exactly
+    DPM-Solver++(2M); the corrector is what UniPC adds. The first step is first order; the last one
+    (to abar = 1, `remaining` == 0) returns the data prediction."""
+    ab_t = float(schedule.alphas_cumprod[t])
+    lam_t, a_t, s_t = _lambda(ab_t), math.sqrt(ab_t), math.sqrt(1 - ab_t)
+    # 1. data prediction at the current (uncorrected) point
+    m_t = (x - s_t * eps) / a_t
+    if t_prev < 0:
+        return m_t, None
+    # 2. UniC: redo the last move from x_last with the new data prediction as an extra node (Alg. 2)
+    if state is not None:
+        h = lam_t - state.lam_last
+        r1 = (state.lam_older - state.lam_last) / h if state.order == 2 and state.lam_older is not None else None
+        rho_1, rho_t = _unipc_coeffs(h, r1)
+        ab_l = _ab_from_lambda(state.lam_last)
+        b_h = math.expm1(-h)
+        x = math.sqrt((1 - ab_t) / (1 - ab_l)) * state.x_last - a_t * b_h * state.m_last
+        corr = rho_t * (m_t - state.m_last)
+        if r1 is not None:
+            corr = corr + rho_1 * (state.m_older - state.m_last) / r1
+        x = x - a_t * b_h * corr
+    # 3. UniP: order 2 once there is an earlier node (the last step, to abar = 1, returned above)
+    order = 2 if state is not None and remaining >= 1 else 1
+    ab_s = float(schedule.alphas_cumprod[t_prev])
+    h = _lambda(ab_s) - lam_t
+    b_h = math.expm1(-h)
+    x_prev = math.sqrt((1 - ab_s) / (1 - ab_t)) * x - math.sqrt(ab_s) * b_h * m_t
+    if order == 2:
+        r1 = (state.lam_last - lam_t) / h
+        x_prev = x_prev - math.sqrt(ab_s) * b_h * 0.5 * (state.m_last - m_t) / r1
+    new = UniPCState(x_last=x, lam_last=lam_t, m_last=m_t, order=order,
+                     lam_older=state.lam_last if state is not None else None,
+                     m_older=state.m_last if state is not None else None)
+    return x_prev, new
+
+
+def _ab_from_lambda(lam: float) -> float:
+    """abar from lambda = log(alpha / sigma): abar = sigmoid(2 lambda)."""
+    return 1 / (1 + math.exp(-2 * lam))
+
+
 def _check_labels(model: nn.Module, labels: torch.Tensor | None) -> None:
     if labels is None:
         return
@@ -213,6 +286,7 @@ def sample(model: nn.Module, schedule: NoiseSchedule, shape: tuple[int, ...], *,
     labels = labels.to(device) if labels is not None else None
     grid = timesteps_for(schedule.num_timesteps, default_steps(schedule, sampler, steps))
     x0_last, h_last = None, None  # DPM-Solver++'s memory of the previous step
+    uni = None  # UniPC's
     with autocast_for(device, precision):
         for i, t in enumerate(tqdm(grid, disable=not progress, desc=f"{sampler} sampling", leave=False)):
             tt = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
@@ -222,6 +296,8 @@ def sample(model: nn.Module, schedule: NoiseSchedule, shape: tuple[int, ...], *,
                 x = ddpm_step(eps, t, t_prev, x, schedule, generator, variance, clip_x0)
             elif sampler == "dpmpp2m":
                 x, x0_last, h_last = dpmpp2m_step(eps, t, t_prev, x, schedule, x0_last, h_last)
+            elif sampler == "unipc":
+                x, uni = unipc_step(eps, t, t_prev, x, schedule, uni, len(grid) - i - 1)
             else:
                 x = ddim_step(eps, t, t_prev, x, schedule, eta, generator, clip_x0)
             if callback is not None:
