@@ -91,6 +91,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--tasks", nargs="+", default=["sr4", "deblur", "box", "half"])
     ap.add_argument("--watermark", action="store_true", help="also the keyed, deterministic run and its detection rate")
+    ap.add_argument("--travel", nargs="*", default=["10:3"], help="time-travel settings JUMP:REPEATS for the inpainting tasks")
+    ap.add_argument("--no-baselines", action="store_true", help="only the DDNM rows (for a sweep)")
     a = ap.parse_args()
     torch.manual_seed(0)
     model, schedule, _ = load_model(None)
@@ -136,7 +138,12 @@ def main() -> None:
             rows["biharmonic"] = biharmonic(y_file, known)
         runs = [("ddnm", dict(eta=0.85)), ("ddnm eta 0", dict(eta=0.0))]
         if known is not None:
-            runs.append(("ddnm + time travel (jump 10, 3x)", dict(eta=0.85, jump=10, repeats=3)))
+            for jr in a.travel:
+                j, r = map(int, jr.split(":"))
+                runs.append((f"ddnm + time travel (jump {j}, {r}x)", dict(eta=0.85, jump=j, repeats=r)))
+        if a.no_baselines:
+            rows = {}
+            runs = runs[2:] if known is not None else runs[:1]
         for name, kw in runs:
             t = time.perf_counter()
             gen = torch.Generator().manual_seed(0)
