@@ -118,3 +118,19 @@ def test_application_mistakes_exit_2(app_files, tmp_path, args, match):
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert match in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.skipif(not (BUNDLED.parent / "photos32" / "model.safetensors").exists(), reason="colour model not bundled")
+def test_colorize_with_the_bundled_colour_model_keeps_the_grey_levels(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    grey = (np.add.outer(np.arange(40), np.arange(64)) * 2 % 256).astype(np.uint8)  # 64x40, not the model's size
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    r = run("colorize", "--image", str(tmp_path / "g.png"), "--steps", "20", "--out", str(tmp_path / "c.png"))
+    assert r.returncode == 0, r.stderr
+    out = Image.open(tmp_path / "c.png")
+    assert out.mode == "RGB" and out.size == (64, 40)
+    assert np.abs(np.asarray(out.convert("L")).astype(int) - grey).max() <= 1
+    rgb = np.asarray(out).astype(int)
+    assert (rgb.max(2) - rgb.min(2)).mean() > 3  # it has colour
