@@ -575,8 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
         ap.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help=f"DDNM steps (default {DEFAULT_STEPS})")
         ap.add_argument("--eta", type=float, default=DEFAULT_ETA,
                         help=f"DDIM eta of the run (default {DEFAULT_ETA}; a watermark key forces 0)")
-        ap.add_argument("--jump", type=_nonnegative_int, default=0, help="time travel: go back this many steps (RePaint)")
-        ap.add_argument("--repeats", type=_positive_int, default=1, help="time travel: redo each jump this many times")
+        ap.add_argument("--jump", type=_nonnegative_int, default=None,
+                        help="time travel: go back this many steps (RePaint); default 10 for inpaint without a key, else 0")
+        ap.add_argument("--repeats", type=_positive_int, default=None,
+                        help="time travel: pass each stretch this many times; default 5 for inpaint without a key, else 1")
         ap.add_argument("--seed", type=int, default=0)
         ap.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
         ap.add_argument("--checkpoint", default=None, help=checkpoint_help)

@@ -168,3 +168,21 @@ def test_restored_outputs_carry_the_watermark_of_their_key(tmp_path):
     theirs = verify_images(outs, {"other": other}, model, schedule, alpha=0.01)
     assert sum(r["detected"] for r in mine) >= 4
     assert sum(r["detected"] for r in theirs) <= 1
+
+
+def test_inpainting_time_travels_by_default_but_not_with_a_watermark_key(tiny, tmp_path, monkeypatch):
+    import api.apps as apps
+    from watermark.keys import load_key, new_key_file
+
+    model, schedule = tiny
+    seen = []
+    real = apps.ddnm
+    monkeypatch.setattr(apps, "ddnm", lambda *a, **kw: seen.append((kw["jump"], kw["repeats"], kw["eta"])) or real(*a, **kw))
+    img, known = torch.zeros(1, 8, 8), built_in_mask("half", 8, 8)
+    inpaint_image(model, schedule, img, known, steps=10)
+    new_key_file(tmp_path / "k.key")
+    marking = Marking(load_key(tmp_path / "k.key"), 1, 0)
+    inpaint_image(model, schedule, img, known, steps=10, marking=marking)
+    assert seen == [(*apps.INPAINT_TRAVEL, apps.DEFAULT_ETA), (0, 1, 0.0)]
+    with pytest.raises(GuardError, match="time travel"):
+        inpaint_image(model, schedule, img, known, steps=10, jump=5, repeats=2, marking=marking)

@@ -68,6 +68,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--variants", nargs="*", default=[], choices=["eta0", "travel", "mean4"],
+                    help="alternatives on the patches only: eta 0, time travel (jump 10, 3x), the mean of 4 samples' chroma")
     a = ap.parse_args()
     model, schedule, _ = load_model(a.checkpoint or BUNDLED_COLOR)
     train = load_dataset("photos32", "train").images
@@ -81,6 +83,20 @@ def main() -> None:
 
     report = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
               "steps": a.steps, "patches": {"n": len(held)}, "photos": {}}
+    if a.variants:
+        def run(kw: dict, seed: int = 0) -> torch.Tensor:
+            gen = torch.Generator().manual_seed(seed)
+            return torch.cat([colorize_image(model, schedule, luma(held[i:i + 172]), steps=a.steps, generator=gen, **kw)
+                              for i in range(0, len(held), 172)])
+        for v in a.variants:
+            t = time.perf_counter()
+            if v == "mean4":  # the posterior mean of the colours: average 4 samples, then put the luma back
+                out = finish(torch.stack([run({}, seed) for seed in range(4)]).mean(0), op, luma(held))
+            else:
+                out = run({"eta": 0.0} if v == "eta0" else {"jump": 10, "repeats": 3})
+            report["patches"][v] = {**scores(out, held), "seconds_per_patch": (time.perf_counter() - t) / len(held)}
+            print(json.dumps({v: report["patches"][v]}), flush=True)
+        return
     outs = baselines(held)
     t = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
