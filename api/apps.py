@@ -23,6 +23,9 @@ DEFAULT_ETA = 0.85  # DDNM's stochasticity without a key (Wang et al. 2023); a k
 # inpainting's time travel without a key (jump, repeats): on the box mask, 10x5 lifts class accuracy from
 # 0.445 to 0.61 (biharmonic: 0.525) for 5.7x the time; 10x10 gives 0.625 for 11x (BENCHMARKS.md)
 INPAINT_TRAVEL = (10, 5)
+# colorize averages this many samples' colours without a key: on the held-out patches the mean of 4 matches
+# the true colourfulness (31.0 vs 30.8; one sample: 36.2) and lowers the histogram error 0.763 -> 0.694
+COLOR_SAMPLES = 4
 
 
 @dataclass(frozen=True)
@@ -151,14 +154,21 @@ def inpaint_image(model: torch.nn.Module, schedule, img: torch.Tensor, known: to
 
 
 def colorize(model: torch.nn.Module, schedule, img: torch.Tensor, *, steps: int = DEFAULT_STEPS,
-             eta: float = DEFAULT_ETA, jump: int | None = None, repeats: int | None = None,
+             eta: float = DEFAULT_ETA, jump: int | None = None, repeats: int | None = None, samples: int | None = None,
              marking: Marking = Marking(), precision: str = "fp32") -> torch.Tensor:
-    """Colour for a grey (1, H, W) image of any size (a colour image is colorized from its luma)."""
+    """Colour for a grey (1, H, W) image of any size (a colour image is colorized from its luma). Without
+    a key the colours of `samples` (default COLOR_SAMPLES) runs are averaged, then the luma is put back;
+    with a key one run (an average of runs would carry no one run's x_T)."""
     luma = img if img.shape[0] == 1 else gray().forward(img[None].float())[0]
-    x_T, gen, eta, jump, repeats = _start(model, 1, marking, eta, jump, repeats)
-    return colorize_image(model, schedule, luma[None], steps=steps, eta=eta, jump=jump, repeats=repeats, x_T=x_T,
-                          generator=gen, precision=precision)[0]
+    if samples is not None and samples < 1:
+        raise GuardError(f"--samples must be at least 1, got {samples}")
+    if marking.key is not None and (samples or 1) > 1:
+        raise GuardError("averaging several samples (--samples) would erase the watermark; drop --samples or the key")
+    k = 1 if marking.key is not None else (samples or COLOR_SAMPLES)
+    x_T, gen, eta, jump, repeats = _start(model, k, marking, eta, jump, repeats)
+    return colorize_image(model, schedule, luma[None], samples=k, steps=steps, eta=eta, jump=jump, repeats=repeats,
+                          x_T=x_T, generator=gen, precision=precision)[0]
 
 
-__all__ = ["Marking", "MASKS", "INPAINT_TRAVEL", "built_in_mask", "mask_from_image", "match_channels", "is_gray", "refine",
+__all__ = ["Marking", "MASKS", "INPAINT_TRAVEL", "COLOR_SAMPLES", "built_in_mask", "mask_from_image", "match_channels", "is_gray", "refine",
            "inpaint_image", "colorize", "DEFAULT_STEPS", "DEFAULT_ETA"]

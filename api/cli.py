@@ -200,7 +200,7 @@ def cmd_colorize(a: argparse.Namespace) -> int:
     model, schedule, img, marking, signer = _app_inputs(a, BUNDLED_COLOR)
     if not is_gray(img):
         print("ddpm-guard: note: the input has colour; it is colorized from its luma (grey) only", file=sys.stderr)
-    out = colorize(model, schedule, img, marking=marking, **_app_kw(a))
+    out = colorize(model, schedule, img, marking=marking, samples=a.samples, **_app_kw(a))
     return _write_app_output(a, out, marking, signer, "colorize", {})
 
 
@@ -602,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     ip.set_defaults(func=cmd_inpaint)
     co = app_parser("colorize", "add colour to a grey photo of any size (bundled 32x32 colour model; luma kept exactly)",
                     "colour model (default: the bundled photos32 model)")
+    co.add_argument("--samples", type=_positive_int, default=None,
+                    help="average the colours of this many runs (default 4 without a key, 1 with one)")
     co.set_defaults(func=cmd_colorize)
 
     dm = sub.add_parser("demo", help="watermark, verify and detect on a few images; one table")

@@ -165,17 +165,24 @@ def ddnm(model: nn.Module, schedule: NoiseSchedule, op: Operator, y: torch.Tenso
     return finish(x.float(), op, y)
 
 
-def colorize_image(model: nn.Module, schedule: NoiseSchedule, luma: torch.Tensor, **kw) -> torch.Tensor:
+def colorize_image(model: nn.Module, schedule: NoiseSchedule, luma: torch.Tensor, samples: int = 1,
+                   **kw) -> torch.Tensor:
     """Colour for a (B, 1, H, W) grey image of any size from a square RGB model: DDNM colorization of a
     thumbnail at the model's size, its colours upsampled, then the full-resolution luma put back by the
     gray projection. Chroma is low-frequency, so the thumbnail's colours suffice, and gray(out) = luma
-    holds at full resolution. `kw` goes to `ddnm` (steps, eta, x_T, generator ...)."""
+    holds at full resolution. With `samples` > 1 each image's thumbnail is drawn that many times and the
+    colours averaged (the posterior mean: less error, truer saturation); an x_T in `kw` is then
+    (B * samples, 3, S, S). `kw` goes to `ddnm` (steps, eta, x_T, generator ...)."""
     size = model.config.image_size
     if model.config.in_channels != 3:
         raise GuardError("colorization needs a colour (RGB) model; the bundled one is photos32")
     op = gray()
     small = F.interpolate(luma.float(), size=(size, size), mode="area") if luma.shape[-2:] != (size, size) else luma
-    thumb = ddnm(model, schedule, op, small, (luma.shape[0], 3, size, size), **kw)
+    b = luma.shape[0]
+    small_k = small.repeat_interleave(samples, 0)
+    thumb = ddnm(model, schedule, op, small_k, (b * samples, 3, size, size), **kw)
+    if samples > 1:
+        thumb = finish(thumb.view(b, samples, 3, size, size).mean(1), op, small.float())
     up = thumb if luma.shape[-2:] == (size, size) else F.interpolate(thumb, size=luma.shape[-2:], mode="bilinear",
                                                                       align_corners=False)
     return finish(up, op, luma.float())

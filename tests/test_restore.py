@@ -186,3 +186,21 @@ def test_inpainting_time_travels_by_default_but_not_with_a_watermark_key(tiny, t
     assert seen == [(*apps.INPAINT_TRAVEL, apps.DEFAULT_ETA), (0, 1, 0.0)]
     with pytest.raises(GuardError, match="time travel"):
         inpaint_image(model, schedule, img, known, steps=10, jump=5, repeats=2, marking=marking)
+
+
+def test_colorize_averages_samples_without_a_key_and_refuses_to_with_one(tiny_rgb, tmp_path):
+    from watermark.keys import load_key, new_key_file
+
+    model, schedule, _ = load_model(tiny_rgb, device="cpu")
+    luma = torch.rand(1, 10, 12, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    one = colorize(model, schedule, luma, steps=10, samples=1)
+    four = colorize(model, schedule, luma, steps=10)  # default: the mean of COLOR_SAMPLES runs
+    w = torch.tensor(LUMA).view(3, 1, 1)
+    for out in (one, four):
+        assert torch.allclose((out * w).sum(0, keepdim=True), luma, atol=1e-4)
+    assert not torch.allclose(one, four)
+    new_key_file(tmp_path / "k.key")
+    marking = Marking(load_key(tmp_path / "k.key"), 1, 0)
+    assert colorize(model, schedule, luma, steps=10, marking=marking).shape == (3, 10, 12)
+    with pytest.raises(GuardError, match="--samples"):
+        colorize(model, schedule, luma, steps=10, samples=4, marking=marking)
