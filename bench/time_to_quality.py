@@ -36,7 +36,7 @@ DIFFUSERS = {  # name -> (class name, kwargs, step kwargs): each scheduler's rec
 }
 
 
-def diffusers_sampler(name: str, model, labels, guidance: float, precision: str):
+def diffusers_sampler(name: str, model, guidance: float, precision: str):
     import diffusers
 
     cls, kw, step_kw = DIFFUSERS[name]
@@ -45,7 +45,7 @@ def diffusers_sampler(name: str, model, labels, guidance: float, precision: str)
     device = next(model.parameters()).device
 
     @torch.inference_mode()
-    def run(x_T: torch.Tensor, steps: int) -> torch.Tensor:
+    def run(x_T: torch.Tensor, steps: int, labels: torch.Tensor) -> torch.Tensor:
         sched.set_timesteps(steps)
         x = x_T.clone()
         with autocast_for(device, precision):
@@ -74,11 +74,11 @@ def main() -> None:
     grid = {k: [int(s) for s in v.split(",")] for k, v in (p.split(":") for p in a.grid.split(";"))}
 
     def ours(smp: str):
-        return lambda x, st: sample(model, schedule, tuple(x.shape), labels=labels, guidance=DEFAULT_GUIDANCE, x_T=x,
-                                    sampler=smp, steps=st, precision=precision)
+        return lambda x, st, lab: sample(model, schedule, tuple(x.shape), labels=lab, guidance=DEFAULT_GUIDANCE, x_T=x,
+                                         sampler=smp, steps=st, precision=precision)
 
     runners = {k: ours(k.split("-", 1)[1]) if k.startswith("ours") else
-               diffusers_sampler(k, model, labels, DEFAULT_GUIDANCE, precision) for k in grid}
+               diffusers_sampler(k, model, DEFAULT_GUIDANCE, precision) for k in grid}
     rows = {}
     # in turn: every system's smallest step count first, then the next ... so slow phases of the machine spread out
     for i in range(max(map(len, grid.values()))):
@@ -87,7 +87,7 @@ def main() -> None:
                 continue
             st = steps[i]
             t = time.perf_counter()
-            x = torch.cat([runners[name](x_T[j:j + 250], st) for j in range(0, a.n, 250)])
+            x = torch.cat([runners[name](x_T[j:j + 250], st, labels[j:j + 250]) for j in range(0, a.n, 250)])
             secs = time.perf_counter() - t
             f, logits = predict(net, quantize(x))
             m = feature_metrics(f.numpy(), real_f)
