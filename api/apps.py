@@ -125,7 +125,7 @@ def refine(model: torch.nn.Module, schedule, img: torch.Tensor, *, scale: int | 
             raise GuardError(f"--scale {scale} is not supported; use {' or '.join(map(str, SCALES))}")
         if size % scale:
             raise GuardError(f"this model's {size}x{size} images cannot be divided by --scale {scale}")
-        _check_size(img, size // scale, f"the input to --scale {scale}")
+        _check_size(img, size // scale, f"an input to upscale {scale}x")
         op = downsample(scale)
     else:
         _check_size(img, size, "the image to deblur")
