@@ -60,18 +60,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from generator.checkpoint import load_model
     from generator.pipeline import generate, write_samples
 
-    key = payload = None
-    if a.watermark_key:
-        from watermark.embed import parse_payload
-
-        key, payload = _load_key(a.watermark_key), parse_payload(a.payload)
-    elif a.payload is not None:
-        raise GuardError("--payload needs --watermark-key")
-    signer = None
-    if a.sign:  # refuse a missing signer before minutes of sampling, not after
-        from watermark.manifest import load_signer
-
-        signer = load_signer(a.sign)
+    key, payload, signer = _marking_args(a)
     if a.prompt is not None:
         if a.label is not None:
             raise GuardError("give --prompt or --label, not both")
@@ -106,6 +95,23 @@ def cmd_sample(a: argparse.Namespace) -> int:
     return 0
 
 
+def _marking_args(a: argparse.Namespace):
+    """(key, payload, signer) from --watermark-key/--payload/--sign, all None when not given. Read
+    before any sampling, so a missing key or signer is refused before minutes of work, not after."""
+    key = payload = signer = None
+    if a.watermark_key:
+        from watermark.embed import parse_payload
+
+        key, payload = _load_key(a.watermark_key), parse_payload(a.payload)
+    elif a.payload is not None:
+        raise GuardError("--payload needs --watermark-key")
+    if a.sign:
+        from watermark.manifest import load_signer
+
+        signer = load_signer(a.sign)
+    return key, payload, signer
+
+
 def _sign_files(paths: list[Path], signer, assertion: dict) -> None:
     """Rewrite PNGs in place with the IPTC XMP source type and a signed C2PA manifest (atomic writes)."""
     from generator.fsutil import atomic_write_bytes
@@ -122,18 +128,7 @@ def _app_inputs(a: argparse.Namespace, default_checkpoint=None):
     from generator.checkpoint import load_model
     from generator.image_io import load_image
 
-    key = payload = None
-    if a.watermark_key:
-        from watermark.embed import parse_payload
-
-        key, payload = _load_key(a.watermark_key), parse_payload(a.payload)
-    elif a.payload is not None:
-        raise GuardError("--payload needs --watermark-key")
-    signer = None
-    if a.sign:
-        from watermark.manifest import load_signer
-
-        signer = load_signer(a.sign)
+    key, payload, signer = _marking_args(a)
     if Path(a.out).is_dir():
         raise GuardError(f"--out {a.out} is a folder; give the output file's name, e.g. {Path(a.out) / 'out.png'}")
     img = load_image(a.image)
@@ -154,8 +149,7 @@ def _write_app_output(a: argparse.Namespace, img, marking, signer, app: str, ext
                        assertion={"application": app, "payload": None if marking.key is None else f"{marking.payload:08x}",
                                   "key_fingerprint": None if marking.key is None else marking.key.fingerprint})
     try:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(Path(a.out), png)
+        atomic_write_bytes(Path(a.out), png)  # creates the parent folder
     except OSError as e:
         raise GuardError(f"{a.out}: cannot write the output ({e.strerror})") from None
     rec = {"path": str(a.out), "application": app, "size": [int(img.shape[-1]), int(img.shape[-2])],

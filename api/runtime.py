@@ -68,8 +68,10 @@ class Runtime:
     color: tuple | None = None  # (model, schedule) of the colour model, when one is installed
 
 
-def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, watermark: bool = True) -> Runtime:
-    """Load the models and the home's state. `watermark=False` skips the watermark check in scans."""
+def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, watermark: bool = True,
+                 color: bool = False) -> Runtime:
+    """Load the models and the home's state. `watermark=False` skips the watermark check in scans;
+    `color=True` also loads the colour model (the service's /v1/colorize; a CLI scan has no use for it)."""
     from detector.predict import load_detector
     from generator.checkpoint import load_model
     from watermark.manifest import load_signer, load_trust_anchors
@@ -82,7 +84,7 @@ def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, wat
                       keys=ring, trust_anchors=anchors, alpha=settings.alpha, account_name=store.account_name if store else None)
     signer = load_signer(settings.signer_dir) if (settings.signer_dir / "signer.pem").exists() else None
     return Runtime(settings, store, scanner, model, schedule, signer, ring.get(SERVICE_KEY_LABEL),
-                   _load_color(settings.color_checkpoint))
+                   _load_color(settings.color_checkpoint) if color else None)
 
 
 def _load_color(folder: str | None) -> tuple | None:
@@ -126,7 +128,7 @@ def apply_signed(rt: Runtime, account: Account, app: str, img: torch.Tensor, *, 
                  steps: int | None = None, **kw) -> dict:
     """One application output for an account, marked like /v1/generate: the service key's watermark with
     the account id as payload, and a C2PA manifest that calls it an AI edit of the upload.
-    `app` is refine, inpaint or colorize; `kw` goes to that function. {filename, png, payload, seed}."""
+    `app` is refine, inpaint or colorize; `kw` goes to that function. {filename, png, payload, seed, width, height}."""
     from api import apps
     from generator.image_io import encode_png
     from watermark.manifest import COMPOSITE_TRAINED, sign_png
@@ -153,7 +155,8 @@ def apply_signed(rt: Runtime, account: Account, app: str, img: torch.Tensor, *, 
     png = sign_png(encode_png(out), rt.signer, title=name, source_type=COMPOSITE_TRAINED,
                    assertion={"account": account.name, "payload": payload, "key_label": SERVICE_KEY_LABEL,
                               "application": app})
-    return {"filename": name, "png": png, "payload": payload, "seed": seed}
+    return {"filename": name, "png": png, "payload": payload, "seed": seed, "width": int(out.shape[-1]),
+            "height": int(out.shape[-2])}
 
 
 def zip_files(files: list[dict]) -> bytes:

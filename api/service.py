@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     async def lifespan(app: FastAPI):
         if runtime is None:
             await run_in_threadpool(prepare_home, settings)
-            app.state.runtime = await run_in_threadpool(open_runtime, settings)
+            app.state.runtime = await run_in_threadpool(lambda: open_runtime(settings, color=True))
         else:
             app.state.runtime = runtime
         await app.state.batcher.start()

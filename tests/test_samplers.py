@@ -137,48 +137,51 @@ def test_denoise_from_shape_bounds_and_range_check(schedule):
         denoise_from(m, schedule, x_t, 1000)
 
 
-def test_dpmpp2m_first_step_is_ddim_and_converges_to_the_same_ode_solution(trained_tiny, schedule):
-    """DPM-Solver++(2M) and DDIM solve the same probability-flow ODE: at many steps they agree closely;
-    at few steps the second-order solver is nearer to the many-step solution than DDIM is."""
-    from generator.checkpoint import load_model
-    from generator.samplers import dpmpp2m_step
+@pytest.fixture(scope="module")
+def ode(trained_tiny):
+    """The tiny model from one x_T: `run(sampler, steps)` (memoised, so the solver tests share their
+    runs), DDIM-500's solution as the reference, the schedule, and a random (x, eps) for one step."""
+    import functools
 
     m, sch, _ = load_model(trained_tiny[0], device="cpu")
     x_T = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(8) % 10
-    run = lambda smp, n: sample(m, sch, (8, 1, 8, 8), x_T=x_T, labels=labels, sampler=smp, steps=n,  # noqa: E731
-                                clip_x0=False, guidance=1.0)
-    ref = run("ddim", 500)
+
+    @functools.lru_cache(maxsize=None)
+    def run(smp: str, n: int) -> torch.Tensor:
+        return sample(m, sch, (8, 1, 8, 8), x_T=x_T, labels=labels, sampler=smp, steps=n, clip_x0=False, guidance=1.0)
+
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    return run, run("ddim", 500), sch, (x, eps)
+
+
+def test_dpmpp2m_first_step_is_ddim_and_converges_to_the_same_ode_solution(ode):
+    """DPM-Solver++(2M) and DDIM solve the same probability-flow ODE: at many steps they agree closely;
+    at few steps the second-order solver is nearer to the many-step solution than DDIM is."""
+    from generator.samplers import dpmpp2m_step
+
+    run, ref, sch, (x, eps) = ode
     assert (run("dpmpp2m", 200) - ref).abs().mean() < 0.01
     err_ddim, err_dpm = (run("ddim", 10) - ref).abs().mean(), (run("dpmpp2m", 10) - ref).abs().mean()
     assert err_dpm < err_ddim
     # the first step has no history: it is exactly a DDIM step
-    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    eps = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     first, _, _ = dpmpp2m_step(eps, 999, 899, x, sch, None, None)
     assert torch.allclose(first, ddim_step(eps, 999, 899, x, sch), atol=1e-5)
 
 
-def test_unipc_converges_to_the_ode_solution_and_beats_ddim_at_few_steps(trained_tiny):
+def test_unipc_converges_to_the_ode_solution_and_beats_ddim_at_few_steps(ode):
     """UniPC (bh2, order 2) solves the same ODE: at many steps it lands on DDIM's many-step solution;
     at 10 steps it is nearer to it than DDIM-10. Its predictor alone is DPM-Solver++(2M), so with the
     corrector it must differ from DPM-Solver++ (the corrector is doing something)."""
-    from generator.checkpoint import load_model
     from generator.samplers import unipc_step
 
-    m, sch, _ = load_model(trained_tiny[0], device="cpu")
-    x_T = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(8) % 10
-    run = lambda smp, n: sample(m, sch, (8, 1, 8, 8), x_T=x_T, labels=labels, sampler=smp, steps=n,  # noqa: E731
-                                clip_x0=False, guidance=1.0)
-    ref = run("ddim", 500)
+    run, ref, sch, (x, eps) = ode
     assert (run("unipc", 200) - ref).abs().mean() < 0.01
     uni10 = run("unipc", 10)
     assert (uni10 - ref).abs().mean() < (run("ddim", 10) - ref).abs().mean()
     assert (uni10 - run("dpmpp2m", 10)).abs().max() > 1e-4
     # the first step has no history and no correction: exactly DDIM
-    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    eps = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     first, state = unipc_step(eps, 999, 899, x, sch, None, 5)
     assert torch.allclose(first, ddim_step(eps, 999, 899, x, sch), atol=1e-5) and state.order == 1
 

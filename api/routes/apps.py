@@ -35,11 +35,8 @@ async def _answer(request: Request, rt: RuntimeDep, account, app: str, img, **kw
     if "image/png" in request.headers.get("accept", ""):
         return Response(out["png"], media_type="image/png", headers={
             "Content-Disposition": f'attachment; filename="{out["filename"]}"', "X-DDPM-Guard-Payload": out["payload"]})
-    from generator.image_io import decode_image as dec
-
-    w, h = dec(out["png"]).size
     return AppImage(application=app, filename=out["filename"], png_base64=base64.b64encode(out["png"]).decode(),
-                    payload=out["payload"], seed=out["seed"], width=w, height=h)
+                    payload=out["payload"], seed=out["seed"], width=out["width"], height=out["height"])
 
 
 @router.post("/refine", response_model=AppImage, responses=RESPONSES,

@@ -23,7 +23,8 @@ async def generate(req: GenerateRequest, request: Request, rt: RuntimeDep, accou
             raise GuardError("give prompt or label, not both")
         from generator.text import load_prompt_model
 
-        label = (await run_in_threadpool(load_prompt_model)).label_for(req.prompt)
+        # loading and running the encoder both block: keep them off the event loop
+        label = await run_in_threadpool(lambda: load_prompt_model().label_for(req.prompt))
     files = await run_in_threadpool(generate_signed, rt, account, req.n, label=label, steps=req.steps,
                                     seed=req.seed, guidance=req.guidance)
     if "application/zip" in request.headers.get("accept", ""):
