@@ -22,12 +22,13 @@ from generator.config import DiffusionConfig, UNetConfig, config_from_dict, conf
 from generator.errors import GuardError
 from generator.fsutil import atomic_write, atomic_write_bytes
 from generator.schedule import NoiseSchedule
-from generator.unet import UNet
+from generator.unet import UNet, VPrediction
 
 FORMAT = "ddpm-guard/unet-v1"
 CONFIG_NAME, WEIGHTS_NAME, STATE_NAME = "config.json", "model.safetensors", "train_state.safetensors"
 BUNDLED = Path(__file__).parent / "weights" / "mnist5k"
 BUNDLED_COLOR = Path(__file__).parent / "weights" / "photos32"  # the colorization prior (32x32 RGB photo patches)
+FAST = Path(__file__).parent / "weights" / "fast.json"  # what `sample --fast` runs: checkpoint, sampler, steps (measured)
 
 
 def default_device() -> torch.device:
@@ -76,6 +77,7 @@ def save_model(folder: str | os.PathLike, model: torch.nn.Module, diffusion: Dif
                extra: dict[str, Any] | None = None, weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write model.safetensors (then config.json, so a config always points at complete weights)."""
     folder = Path(folder)
+    model = getattr(model, "unet", model)  # a VPrediction wrapper saves its network (its buffers come from the schedule)
     save_tensors(weights if weights is not None else model.state_dict(), folder / WEIGHTS_NAME)
     cfg = {"format": FORMAT, "unet": config_to_dict(model.config), "diffusion": config_to_dict(diffusion)}
     cfg.update(extra or {})
@@ -84,7 +86,7 @@ def save_model(folder: str | os.PathLike, model: torch.nn.Module, diffusion: Dif
 
 
 def load_model(folder: str | os.PathLike | None = None, device: torch.device | str | None = None
-               ) -> tuple[UNet, NoiseSchedule, dict[str, Any]]:
+               ) -> tuple[UNet | VPrediction, NoiseSchedule, dict[str, Any]]:
     """Load (model in eval mode, schedule, config dict). None loads the bundled default model."""
     folder = Path(folder) if folder is not None else BUNDLED
     cfg = read_config(folder)
@@ -101,5 +103,22 @@ def load_model(folder: str | os.PathLike | None = None, device: torch.device | s
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise GuardError(f"{folder / WEIGHTS_NAME}: weights do not match config.json ({first})") from None
+    if unet_cfg.prediction == "v":  # a distilled student: seen from outside as a noise predictor
+        model = VPrediction(model, schedule.sqrt_alphas_cumprod, schedule.sqrt_one_minus_alphas_cumprod)
+    if unet_cfg.guidance_embed:  # the CFG scales it was distilled for; generate refuses others
+        model.guidance_range = tuple(cfg.get("distill", {}).get("guidance_range", (0.0, float("inf"))))
     model.to(device or default_device()).eval()
     return model, schedule, cfg
+
+
+def load_fast(device: torch.device | str | None = None) -> tuple[torch.nn.Module, NoiseSchedule, str, int, dict]:
+    """The fastest bundled configuration whose FID stays within +5 of the default sampler's, as the
+    time-to-quality bench measured it (weights/fast.json): (model, schedule, sampler, steps, record)."""
+    try:
+        rec = json.loads(FAST.read_text())
+        folder = FAST.parent / rec["checkpoint"]
+        sampler, steps = str(rec["sampler"]), int(rec["steps"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GuardError(f"{FAST}: missing or invalid, so there is no fast configuration ({e})") from None
+    model, schedule, _ = load_model(folder, device)
+    return model, schedule, sampler, steps, rec

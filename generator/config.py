@@ -18,10 +18,14 @@ class UNetConfig:
     dropout: float = 0.1  # Ho et al. used 0.1 on CIFAR-10; regularises a small data set
     num_classes: int | None = 10  # class conditioning; None = unconditional. Index num_classes is the null class
     norm_groups: int = 8  # GroupNorm groups; 32 is too many for 32-64 channel blocks
+    prediction: str = "eps"  # "eps" (Ho et al.) or "v" = alpha eps - sigma x0 (Salimans & Ho 2022): a few-step student's x0 stays well posed at t = T
+    guidance_embed: bool = False  # the CFG scale is an input (Meng et al. 2023): one pass per step instead of two
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(self.channel_mult)
         self.attention_resolutions = tuple(self.attention_resolutions)
+        if self.prediction not in ("eps", "v"):
+            raise ValueError(f"prediction must be 'eps' or 'v', got {self.prediction!r}")
 
 
 @dataclass

@@ -86,7 +86,10 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
 def guided_eps(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
                guidance: float) -> torch.Tensor:
     """eps_u + s (eps_c - eps_u) (Ho & Salimans 2022): s = 1 is plain conditional, s = 0 unconditional.
-    Both passes run as one batch, which halves the per-step overhead."""
+    Both passes run as one batch, which halves the per-step overhead. A guidance-distilled model
+    (config.guidance_embed) takes s as an input and needs one pass."""
+    if getattr(model.config, "guidance_embed", False):
+        return model(x, t, labels, guidance=guidance).float()
     if labels is None or guidance == 1.0:
         return model(x, t, labels).float()
     null = torch.full_like(labels, model.config.num_classes)

@@ -78,6 +78,11 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # num_classes + 1 rows: the last is the learned null class used for classifier-free guidance
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        self.guidance_mlp = None
+        if cfg.guidance_embed:  # the CFG scale as an input; zero-initialised so a copied teacher starts unchanged
+            self.guidance_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            nn.init.zeros_(self.guidance_mlp[2].weight)
+            nn.init.zeros_(self.guidance_mlp[2].bias)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -124,14 +129,24 @@ class UNet(nn.Module):
             h = block(h, emb) if isinstance(block, ResBlock) else block(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict the noise in x_t. `cond` holds class indices; index num_classes (or None) is the null class."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                guidance: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Predict the noise in x_t (or v, when config.prediction is "v"). `cond` holds class indices;
+        index num_classes (or None) is the null class. `guidance` (B,) or a float is the CFG scale of a
+        guidance-embedding model (1.0 when None) and must be None for any other model."""
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
         if self.class_emb is not None:
             if cond is None:
                 cond = torch.full((x.shape[0],), self.config.num_classes, device=x.device, dtype=torch.long)
             emb = emb + self.class_emb(cond)
+        if self.guidance_mlp is not None:
+            g = torch.as_tensor(1.0 if guidance is None else guidance, device=x.device, dtype=torch.float32)
+            # scaled so that scales 0-5 spread over the sinusoid's range as timesteps 0-500 do
+            emb = emb + self.guidance_mlp(timestep_embedding(g.reshape(-1).expand(x.shape[0]) * 100.0,
+                                                             self.config.base_channels))
+        elif guidance is not None:
+            raise ValueError("this model has no guidance input; apply classifier-free guidance outside it")
         h = self.conv_in(x)
         hs = [h]
         for blocks in self.down:
@@ -141,3 +156,28 @@ class UNet(nn.Module):
         for blocks in self.up:
             h = self._run(blocks, torch.cat([h, hs.pop()], dim=1), emb)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class VPrediction(nn.Module):
+    """A network trained to predict v = alpha_t eps - sigma_t x0 (Salimans & Ho 2022), seen from outside
+    as a noise predictor: forward returns eps = sigma_t x_t + alpha_t v in float32, so every sampler,
+    the inversion and the watermark use it unchanged. alpha_t, sigma_t come from the caller's schedule
+    (sqrt(abar_t), sqrt(1 - abar_t)); the network itself still knows nothing of betas."""
+
+    def __init__(self, unet: UNet, alpha: torch.Tensor, sigma: torch.Tensor):
+        super().__init__()
+        self.unet = unet
+        self.config = unet.config
+        self.register_buffer("alpha", alpha.float().clone(), persistent=False)
+        self.register_buffer("sigma", sigma.float().clone(), persistent=False)
+
+    def v(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+          guidance: torch.Tensor | float | None = None) -> torch.Tensor:
+        return self.unet(x, t, cond, guidance)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                guidance: torch.Tensor | float | None = None) -> torch.Tensor:
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
+        v = self.unet(x, t, cond, guidance).float()
+        a, s = self.alpha[t].view(-1, 1, 1, 1), self.sigma[t].view(-1, 1, 1, 1)
+        return s * x.float() + a * v

@@ -1,0 +1,223 @@
+"""Progressive distillation (Salimans & Ho 2022) of the guided DDPM into a few-step student, with the
+classifier-free guidance scale distilled in as an input (Meng et al. 2023, "On distillation of guided
+diffusion models").
+
+One round teaches a student to cover in one DDIM step what its teacher covers in `teacher_steps /
+steps` DDIM steps. The student predicts v (its x0 stays well posed at t = T, where an eps-predictor
+would divide by alpha_T = 0.006) and takes the CFG scale w as an input, so it needs one network pass
+per step where the teacher needs two. Rounds chain: the student of one round is the teacher of the
+next (32 -> 8 -> 4 -> 2).
+
+    python -m generator.distill --teacher generator/weights/mnist5k --steps 8 --teacher-steps 32 --out runs/student8
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from generator.checkpoint import default_device, load_model, save_model
+from generator.config import config_to_dict
+from generator.data import load_dataset
+from generator.samplers import autocast_for, timesteps_for
+from generator.schedule import NoiseSchedule
+from generator.train import EMA
+from generator.unet import UNet, VPrediction
+
+
+@dataclass
+class DistillConfig:
+    steps: int = 8  # the student's DDIM steps after this round
+    teacher_steps: int = 32  # the teacher's DDIM grid this round: a multiple of steps (2x in Salimans & Ho)
+    guidance_min: float = 1.0  # the CFG scales the student learns (the CLI default 1.5 lies inside)
+    guidance_max: float = 3.0
+    dataset: str = "mnist5k"  # the teacher's training data (generator.data names)
+    cond_drop_prob: float = 0.1  # share of null-class (unconditional) examples, as in the teacher's training
+    batch_size: int = 64
+    lr: float = 1e-4  # Adam; the student starts from its teacher, so a small rate
+    warmup_steps: int = 50
+    max_steps: int = 1500
+    ema_decay: float = 0.998  # a short run: a ~500-step horizon
+    grad_clip: float = 1.0
+    precision: str = "bf16"
+    seed: int = 0
+    checkpoint_every: int = 250
+    eval_n: int = 500  # samples for the FID logged at each checkpoint (monitoring only; the bench uses n >= 1000)
+    max_minutes: float | None = None
+
+
+def make_student(teacher: nn.Module, schedule: NoiseSchedule) -> VPrediction:
+    """A v-predicting, guidance-embedding copy of the teacher's network. The guidance MLP starts at
+    zero, so the copy begins as the teacher's conditional model read as v (right at low noise, where
+    v ~ eps; the first round teaches the rest)."""
+    if isinstance(teacher, VPrediction):
+        student = copy.deepcopy(teacher)
+    else:
+        cfg = replace(teacher.config, prediction="v", guidance_embed=True)
+        unet = UNet(cfg)
+        missing, unexpected = unet.load_state_dict(teacher.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("guidance_mlp.") for k in missing):
+            raise ValueError(f"teacher and student do not match: {missing} {unexpected}")
+        student = VPrediction(unet, schedule.sqrt_alphas_cumprod, schedule.sqrt_one_minus_alphas_cumprod)
+    return student.to(next(teacher.parameters()).device)
+
+
+def teacher_eps(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                w: torch.Tensor) -> torch.Tensor:
+    """The guided noise eps_u + w (eps_c - eps_u) with a per-example scale w (B,)."""
+    if getattr(model.config, "guidance_embed", False):
+        return model(x, t, labels, guidance=w).float()
+    null = torch.full_like(labels, model.config.num_classes)
+    eps_c, eps_u = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float().chunk(2)
+    w = w.view(-1, 1, 1, 1)
+    return torch.where((labels == model.config.num_classes).view(-1, 1, 1, 1), eps_u, eps_u + w * (eps_c - eps_u))
+
+
+def ddim_to(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+            schedule: NoiseSchedule) -> torch.Tensor:
+    """One deterministic DDIM step per example (t, t_next are (B,), t_next = -1 the clean image), with
+    x0 clipped and eps recomputed from it, as `samplers.ddim_step(clip_x0=True)` does."""
+    ab, ab_next = schedule.alpha_bar(t, x), schedule.alpha_bar(t_next, x)
+    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
+    eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+    return ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
+
+
+def distill_target(teacher: nn.Module, schedule: NoiseSchedule, z_t: torch.Tensor, i: torch.Tensor,
+                   labels: torch.Tensor, w: torch.Tensor, cfg: DistillConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Salimans & Ho, Algorithm 2: from z_t at index i of the teacher's grid, the teacher runs k DDIM
+    steps to the student's next point s; the target is the x0 that one DDIM step t -> s must predict
+    to land where the teacher did. Returns (target x0, s); s = -1 (the clean image) gives target = z_s."""
+    k = cfg.teacher_steps // cfg.steps
+    grid = torch.tensor(timesteps_for(schedule.num_timesteps, cfg.teacher_steps) + [-1])
+    device = z_t.device
+    z = z_t
+    with torch.no_grad(), autocast_for(torch.device(device), cfg.precision):
+        for j in range(k):
+            tj, tn = grid[i + j].to(device), grid[i + j + 1].to(device)
+            z = ddim_to(z, teacher_eps(teacher, z, tj, labels, w), tj, tn, schedule)
+    t, s = grid[i].to(device), grid[i + k].to(device)
+    a_t, a_s = schedule.alpha_bar(t, z).sqrt(), schedule.alpha_bar(s, z).sqrt()
+    ratio = (1 - a_s ** 2).sqrt() / (1 - a_t ** 2).sqrt()
+    return (z - ratio * z_t) / (a_s - ratio * a_t), s
+
+
+def distill_loss(student: VPrediction, teacher: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor,
+                 labels: torch.Tensor, cfg: DistillConfig, gen: torch.Generator) -> torch.Tensor:
+    """Noise x0 to a random point t of the student's grid (a random CFG scale, a tenth of the labels
+    dropped to the null class), and regress the student's x0 = alpha_t z_t - sigma_t v on the teacher's
+    target with the truncated-SNR weight max(SNR_t, 1) (Salimans & Ho, Sec. 4)."""
+    device, b = x0.device, x0.shape[0]
+    k = cfg.teacher_steps // cfg.steps
+    i = torch.randint(0, cfg.steps, (b,), generator=gen) * k  # the student's t, as an index on the teacher's grid
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    w = (cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(b, generator=gen)).to(device)
+    drop = (torch.rand(b, generator=gen) < cfg.cond_drop_prob).to(device)
+    labels = torch.where(drop, torch.full_like(labels, student.config.num_classes), labels)
+    t = torch.tensor(timesteps_for(schedule.num_timesteps, cfg.teacher_steps))[i].to(device)
+    a_t = schedule.alpha_bar(t, x0).sqrt()
+    sig_t = (1 - a_t ** 2).sqrt()
+    z_t = a_t * x0 + sig_t * noise
+    target, _ = distill_target(teacher, schedule, z_t, i, labels, w, cfg)
+    with autocast_for(torch.device(device), cfg.precision):
+        v = student.v(z_t, t, labels, guidance=w).float()
+    x_hat = a_t * z_t - sig_t * v
+    weight = (a_t ** 2 / sig_t ** 2).clamp(min=1.0)
+    return (weight * (x_hat - target) ** 2).mean()
+
+
+def fid_of(model: nn.Module, schedule: NoiseSchedule, steps: int, guidance: float, n: int, seed: int = 0) -> dict:
+    """Monitoring: FID and class accuracy of n DDIM samples against the held-out digits."""
+    from generator.classifier import load_classifier, predict
+    from generator.image_io import quantize
+    from generator.metrics import fid
+    from generator.pipeline import generate
+
+    net = load_classifier()
+    real_f, _ = predict(net, load_dataset("mnist5k", "heldout").images)
+    x, y = generate(model, schedule, n, guidance=guidance, steps=steps, seed=seed, precision="bf16")
+    f, logits = predict(net, quantize(x))
+    return {"fid": fid(f.numpy(), real_f.numpy()), "class_accuracy": float((logits.argmax(1) == y).float().mean())}
+
+
+def distill(teacher_dir: str | Path | None, out_dir: str | Path, cfg: DistillConfig, log=print) -> Path:
+    if cfg.teacher_steps % cfg.steps:
+        raise ValueError(f"teacher_steps {cfg.teacher_steps} is not a multiple of steps {cfg.steps}")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    device = default_device()
+    teacher, schedule, tcfg = load_model(teacher_dir, device=device)
+    teacher.requires_grad_(False)
+    student = make_student(teacher, schedule).train()
+    student.unet.requires_grad_(True)
+    ucfg = student.config
+    data = load_dataset(cfg.dataset, "train", image_size=ucfg.image_size, channels=ucfg.in_channels)
+    opt = torch.optim.Adam(student.unet.parameters(), lr=cfg.lr)
+    ema = EMA(student.unet, cfg.ema_decay)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    history = []
+    lineage = list(tcfg.get("distill", {}).get("lineage", [])) + [
+        {"teacher": str(teacher_dir or "bundled"), **config_to_dict(cfg)}]
+    t0, losses = time.time(), []
+
+    def checkpoint(step: int) -> None:
+        ev_model = copy.deepcopy(student).eval()
+        ev_model.unet.load_state_dict(ema.shadow)
+        ev = fid_of(ev_model, schedule, cfg.steps, 1.5, cfg.eval_n) if cfg.eval_n else {}
+        row = {"step": step, "loss": sum(losses) / max(len(losses), 1), "minutes": (time.time() - t0) / 60, **ev}
+        history.append(row)
+        log(json.dumps(row))
+        save_model(out, ev_model.unet, schedule.config, weights=ema.shadow,
+                   extra={"step": step, "weights": "ema",
+                          "distill": {"steps": cfg.steps, "guidance_range": [cfg.guidance_min, cfg.guidance_max],
+                                      "lineage": lineage, "history": history}})
+        losses.clear()
+
+    for step in range(1, cfg.max_steps + 1):
+        lr = cfg.lr * min(1.0, step / cfg.warmup_steps) * (1 - (step - 1) / cfg.max_steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
+        loss = distill_loss(student, teacher, schedule, data.images[idx].to(device), data.labels[idx].to(device),
+                            cfg, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(student.unet.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(student.unet, step)
+        losses.append(loss.item())
+        done = cfg.max_minutes is not None and time.time() - t0 > cfg.max_minutes * 60
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or done:
+            checkpoint(step)
+        if done:
+            log(f"stopping at step {step}: max_minutes reached")
+            break
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m generator.distill")
+    p.add_argument("--teacher", default=None, help="teacher checkpoint folder (default: the bundled model)")
+    p.add_argument("--out", required=True)
+    for f in DistillConfig.__dataclass_fields__.values():
+        if f.name in ("max_minutes",):
+            p.add_argument("--max-minutes", type=float, default=None)
+            continue
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    a = vars(p.parse_args(argv))
+    teacher, out = a.pop("teacher"), a.pop("out")
+    distill(teacher, out, DistillConfig(**a), log=lambda s: print(s, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
