@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/ddpm-guard sample --n 64 --out $(DEMO_OUT)/samples --seed 0
+	$(VENV)/bin/ddpm-guard sample --n 64 --fast --out $(DEMO_OUT)/samples --seed 0
 	$(VENV)/bin/ddpm-guard demo --out $(DEMO_OUT)
 	$(VENV)/bin/ddpm-guard scan --key $(DEMO_OUT)/demo.key $(DEMO_OUT)/watermarked $(DEMO_OUT)/plain $(DEMO_OUT)/real
 	@echo "open $(DEMO_OUT)/samples/grid.png"

@@ -69,8 +69,16 @@ def cmd_sample(a: argparse.Namespace) -> int:
         a.label = load_prompt_model().label_for(a.prompt)
         if not a.json:
             print(f"prompt {a.prompt!r} -> digit {a.label}", file=sys.stderr)
-    model, schedule, _ = load_model(a.checkpoint)
-    kw = dict(label=a.label, guidance=a.guidance, sampler=a.sampler, steps=a.steps, eta=a.eta,
+    if a.fast:
+        if a.checkpoint or a.sampler or a.steps:
+            raise GuardError("--fast picks the model, sampler and steps itself; drop --checkpoint, --sampler and --steps")
+        from generator.checkpoint import load_fast
+
+        model, schedule, a.sampler, a.steps, fast = load_fast()
+        a.guidance = fast["guidance"] if a.guidance is None else a.guidance
+    else:
+        model, schedule, _ = load_model(a.checkpoint)
+    kw = dict(label=a.label, guidance=a.guidance, sampler=a.sampler or "ddim", steps=a.steps, eta=a.eta,
               variance=a.variance, seed=a.seed, precision=a.precision, progress=not a.json)
     if key is not None:
         from watermark.embed import generate_watermarked
@@ -446,8 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate images with a trained model (default: the bundled MNIST model)")
     s.add_argument("--n", type=_positive_int, default=64)
     s.add_argument("--out", required=True, help="folder for one PNG per sample plus grid.png")
-    s.add_argument("--sampler", choices=["ddim", "ddpm", "dpmpp2m", "unipc"], default="ddim",
-                   help="ddim, ddpm (ancestral), dpmpp2m (DPM-Solver++(2M)) or unipc (UniPC-2): the last two need fewer steps")
+    s.add_argument("--sampler", choices=["ddim", "ddpm", "dpmpp2m", "unipc"], default=None,
+                   help="ddim (default), ddpm (ancestral), dpmpp2m (DPM-Solver++(2M)) or unipc (UniPC-2): the last two need fewer steps")
+    s.add_argument("--fast", action="store_true",
+                   help="the fastest bundled configuration within +5 FID of the default (the distilled student; BENCHMARKS.md)")
     s.add_argument("--steps", type=_positive_int, default=None,
                    help="sampling steps (default: 50 for DDIM, all 1000 for DDPM; fewer DDPM steps respace the chain)")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
@@ -457,9 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='text prompt, e.g. "a handwritten seven" (needs the [text] extra); off-topic prompts are refused')
     s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
-                   help="auto: bf16 only where the CPU or GPU runs it natively (2.3x on AVX-512 BF16); "
-                        "a forced bf16 on an emulating CPU warns once")
+    s.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
+                   help="auto (default): bf16 only where the CPU or GPU runs it natively (2.4x on AVX-512 BF16), "
+                        "fp32 elsewhere; a forced bf16 on an emulating CPU warns once")
     s.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled model)")
     s.add_argument("--json", action="store_true", help="one JSON line per written file")
     s.add_argument("--watermark-key", default=None, help="key file (ddpm-guard keys new): embed the watermark")
@@ -574,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
         ap.add_argument("--repeats", type=_positive_int, default=None,
                         help="time travel: pass each stretch this many times; default 5 for inpaint without a key, else 1")
         ap.add_argument("--seed", type=int, default=0)
-        ap.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
+        ap.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
+                        help="auto (default): bf16 only where the hardware runs it natively")
         ap.add_argument("--checkpoint", default=None, help=checkpoint_help)
         ap.add_argument("--watermark-key", default=None, help="key file: embed the watermark (deterministic run)")
         ap.add_argument("--payload", default=None, help="hex payload of the watermark, up to 32 bits (default 0)")
@@ -636,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
-    if getattr(a, "guidance", "absent") is None:
+    if getattr(a, "guidance", "absent") is None and not getattr(a, "fast", False):  # --fast: its own measured scale
         from generator.pipeline import DEFAULT_GUIDANCE
 
         a.guidance = DEFAULT_GUIDANCE

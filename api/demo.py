@@ -11,6 +11,7 @@ from pathlib import Path
 
 from generator.checkpoint import load_model
 from generator.data import load_dataset
+from generator.errors import GuardError
 from generator.image_io import save_image
 from generator.pipeline import generate, write_samples
 
@@ -25,12 +26,19 @@ def run_demo(out: str | Path, n_watermarked: int = 8, n_real: int = 4, seed: int
     from watermark.verify import verify_files
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GuardError(f"--out {out} is a file; give a folder for the demo's files")
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # the demo makes its own folder
+    except OSError as e:
+        raise GuardError(f"{out}: cannot create the demo folder ({e.strerror})") from None
     key_path = out / "demo.key"
     key = load_key(key_path) if key_path.exists() else new_key_file(key_path)
     model, schedule, _ = load_model()
-    wm, labels = generate_watermarked(model, schedule, key, parse_payload(DEMO_PAYLOAD), n_watermarked, seed=seed)
+    wm, labels = generate_watermarked(model, schedule, key, parse_payload(DEMO_PAYLOAD), n_watermarked, seed=seed,
+                                      precision="auto")
     files = [("watermarked", p) for p in write_samples(wm, out / "watermarked", labels)]
-    plain, plain_labels = generate(model, schedule, 1, seed=seed + 1)
+    plain, plain_labels = generate(model, schedule, 1, seed=seed + 1, precision="auto")
     files += [("plain sample", p) for p in write_samples(plain, out / "plain", plain_labels)]
     held = load_dataset("mnist5k", "heldout")
     for i in range(n_real):

@@ -66,6 +66,15 @@ class Runtime:
     signer: object | None  # watermark.manifest.ManifestSigner
     service_key: object | None  # watermark.keys.WatermarkKey
     color: tuple | None = None  # (model, schedule) of the colour model, when one is installed
+    fast: tuple | None = None  # (model, schedule, sampler, steps, guidance) of the fast configuration, loaded on first use
+
+    def fast_model(self) -> tuple:
+        if self.fast is None:
+            from generator.checkpoint import load_fast
+
+            model, schedule, sampler, steps, rec = load_fast(next(self.model.parameters()).device)
+            self.fast = (model, schedule, sampler, steps, rec["guidance"])
+        return self.fast
 
 
 def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, watermark: bool = True,
@@ -97,7 +106,7 @@ def _load_color(folder: str | None) -> tuple | None:
 
 
 def generate_signed(rt: Runtime, account: Account, n: int, *, label: int | None = None, steps: int | None = None,
-                    seed: int | None = None, guidance: float | None = None) -> list[dict]:
+                    seed: int | None = None, guidance: float | None = None, fast: bool = False) -> list[dict]:
     """n watermarked, signed PNGs for an account: the watermark's payload is the account id, and the
     C2PA manifest names the account. [{filename, png, label, payload, seed}]."""
     from generator.image_io import encode_png
@@ -109,9 +118,15 @@ def generate_signed(rt: Runtime, account: Account, n: int, *, label: int | None 
         raise GuardError("the service has no watermark key or signer; restart it to create them")
     if not 1 <= n <= rt.settings.max_generate:
         raise GuardError(f"n must be between 1 and {rt.settings.max_generate}, got {n}")
+    model, schedule, sampler = rt.model, rt.schedule, "ddim"
+    if fast:
+        if steps is not None:
+            raise GuardError("fast picks its own steps; drop steps")
+        model, schedule, sampler, steps, fast_guidance = rt.fast_model()
+        guidance = fast_guidance if guidance is None else guidance
     seed = secrets.randbits(31) if seed is None else seed
-    images, labels = generate_watermarked(rt.model, rt.schedule, rt.service_key, account.id, n, label=label,
-                                          steps=steps, seed=seed,
+    images, labels = generate_watermarked(model, schedule, rt.service_key, account.id, n, label=label,
+                                          steps=steps, seed=seed, sampler=sampler, precision="auto",
                                           guidance=DEFAULT_GUIDANCE if guidance is None else guidance)
     payload = f"{account.id:08x}"
     out = []
@@ -143,11 +158,12 @@ def apply_signed(rt: Runtime, account: Account, app: str, img: torch.Tensor, *, 
     if app == "colorize":
         if rt.color is None:
             raise GuardError("this service has no colour model installed")
-        out = apps.colorize(*rt.color, img, steps=steps, marking=marking)
+        out = apps.colorize(*rt.color, img, steps=steps, marking=marking, precision="auto")
     elif app == "refine":
-        out = apps.refine(rt.model, rt.schedule, img, steps=steps, marking=marking, **kw)
+        out = apps.refine(rt.model, rt.schedule, img, steps=steps, marking=marking, precision="auto", **kw)
     elif app == "inpaint":
-        out = apps.inpaint_image(rt.model, rt.schedule, img, kw.pop("known"), steps=steps, marking=marking, **kw)
+        out = apps.inpaint_image(rt.model, rt.schedule, img, kw.pop("known"), steps=steps, marking=marking,
+                                 precision="auto", **kw)
     else:
         raise ValueError(f"unknown application {app!r}")
     name = f"ddpm-guard_{app}_{seed}.png"

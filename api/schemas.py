@@ -67,6 +67,8 @@ class GenerateRequest(BaseModel):
     guidance: float | None = Field(None, ge=0.0, le=20.0, description="classifier-free guidance scale")
     prompt: str | None = Field(None, max_length=500, description='text, e.g. "a handwritten seven"; off-topic '
                                "prompts are refused with 400; not with label")
+    fast: bool = Field(False, description="the distilled few-step student (BENCHMARKS.md: FID within +5 of the "
+                       "default, several times faster); not with steps")
 
 
 class GeneratedImage(BaseModel):

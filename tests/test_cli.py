@@ -134,3 +134,40 @@ def test_colorize_with_the_bundled_colour_model_keeps_the_grey_levels(tmp_path):
     assert np.abs(np.asarray(out.convert("L")).astype(int) - grey).max() <= 1
     rgb = np.asarray(out).astype(int)
     assert (rgb.max(2) - rgb.min(2)).mean() > 3  # it has colour
+
+
+def test_sample_fast_runs_the_bundled_student_and_refuses_conflicting_flags(tmp_path):
+    import json
+
+    from generator.checkpoint import FAST
+
+    rec = json.loads(FAST.read_text())
+    a = run("sample", "--fast", "--n", "10", "--out", str(tmp_path / "a"), "--seed", "5", "--json")
+    assert a.returncode == 0, a.stderr
+    files = sorted((tmp_path / "a").glob("sample_*.png"))
+    assert len(files) == 10 and load_image(files[3]).shape == (1, 28, 28)
+    b = run("sample", "--fast", "--n", "10", "--out", str(tmp_path / "b"), "--seed", "5")
+    assert b.returncode == 0 and all(f.read_bytes() == (tmp_path / "b" / f.name).read_bytes() for f in files)
+    assert rec["sampler"] == "ddim" and rec["fid"] <= rec["reference_fid"] + 5  # what --fast promises
+    for extra, match in ((["--steps", "50"], "--fast picks"), (["--guidance", "9"], "guidance scales")):
+        r = run("sample", "--fast", "--n", "2", "--out", str(tmp_path / "c"), *extra)
+        assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr
+
+
+def test_demo_creates_its_output_folder(tmp_path):
+    import json
+    import stat
+
+    out = tmp_path / "new" / "demo"
+    r = run("demo", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert stat.S_IMODE((out / "demo.key").stat().st_mode) == 0o600
+    marked = [row for row in rows if row["truth"] == "watermarked"]
+    # a fresh random key each run and ~80 % clean detection (BENCHMARKS.md): P(fewer than 3 of 8) ~ 1e-3
+    assert len(marked) == 8 and sum(row["watermarked"] for row in marked) >= 3
+    others = [row for row in rows if row["truth"] != "watermarked"]
+    assert len(others) == 5 and sum(bool(row["watermarked"]) for row in others) <= 1  # 1 % false positives each
+    (tmp_path / "file").write_text("x")
+    r = run("demo", "--out", str(tmp_path / "file"))
+    assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr

@@ -227,6 +227,12 @@ def test_signed_round_trip_with_the_bundled_model(tmp_path):
     with TestClient(create_app(runtime=rt)) as client:
         headers = {"X-API-Key": key}
         made = client.post("/v1/generate", headers=headers, json={"n": 2, "seed": 1}).json()["images"]
+        fast = client.post("/v1/generate", headers=headers, json={"n": 2, "seed": 1, "fast": True})
+        assert fast.status_code == 200
+        fast_rows = _scan(client, headers, [(f"f{i}.png", base64.b64decode(m["png_base64"]))
+                                            for i, m in enumerate(fast.json()["images"])]).json()["results"]
+        both = client.post("/v1/generate", headers=headers, json={"n": 1, "fast": True, "steps": 10})
+        assert both.status_code == 400 and "fast picks its own steps" in both.json()["detail"]
         pngs = [base64.b64decode(m["png_base64"]) for m in made]
         stripped = [_enc(decode_image(p)) for p in pngs]
         tampered = tamper_pixels(pngs[0])
@@ -234,6 +240,9 @@ def test_signed_round_trip_with_the_bundled_model(tmp_path):
                  ("b_stripped.png", stripped[1]), ("a_tampered.png", tampered)]
         rows = {r["path"]: r for r in _scan(client, headers, files[:4]).json()["results"]}
         rows.update({r["path"]: r for r in _scan(client, headers, files[4:]).json()["results"]})
+    for row in fast_rows:  # the distilled student's images: signed and marked for the account like any other
+        assert row["metadata"]["c2pa"]["status"] == "Trusted" and row["account"] == "carol"
+        assert row["verdict"] in ("watermarked-ours", "signed-synthetic")
     for name in ("a.png", "b.png"):
         assert rows[name]["verdict"] == "watermarked-ours"
         assert rows[name]["metadata"]["c2pa"]["status"] == "Trusted" and rows[name]["account"] == "carol"

@@ -26,7 +26,7 @@ async def generate(req: GenerateRequest, request: Request, rt: RuntimeDep, accou
         # loading and running the encoder both block: keep them off the event loop
         label = await run_in_threadpool(lambda: load_prompt_model().label_for(req.prompt))
     files = await run_in_threadpool(generate_signed, rt, account, req.n, label=label, steps=req.steps,
-                                    seed=req.seed, guidance=req.guidance)
+                                    seed=req.seed, guidance=req.guidance, fast=req.fast)
     if "application/zip" in request.headers.get("accept", ""):
         return Response(zip_files(files), media_type="application/zip",
                         headers={"Content-Disposition": 'attachment; filename="ddpm-guard.zip"'})
