@@ -171,3 +171,13 @@ def test_demo_creates_its_output_folder(tmp_path):
     (tmp_path / "file").write_text("x")
     r = run("demo", "--out", str(tmp_path / "file"))
     assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_student_checkpoint_samples_on_its_own_grid_by_default(tmp_path):
+    from generator.checkpoint import BUNDLED
+
+    student = BUNDLED.parent / "mnist5k-student4"
+    a = run("sample", "--checkpoint", str(student), "--n", "3", "--seed", "2", "--out", str(tmp_path / "a"))
+    b = run("sample", "--checkpoint", str(student), "--n", "3", "--seed", "2", "--steps", "4", "--out", str(tmp_path / "b"))
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert all(f.read_bytes() == (tmp_path / "b" / f.name).read_bytes() for f in (tmp_path / "a").glob("sample_*.png"))
