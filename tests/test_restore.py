@@ -150,17 +150,16 @@ def test_ddnm_is_deterministic_given_x_T_and_eta_0(tiny):
 
 
 @pytest.mark.skipif(not (BUNDLED / "model.safetensors").exists(), reason="bundled model not trained yet")
-def test_restored_outputs_carry_the_watermark_of_their_key(tmp_path):
+def test_restored_outputs_carry_the_watermark_of_their_key():
     """Super-resolution x4 with the bundled model: the keyed x_T survives well enough to verify (the
     rates per application are in BENCHMARKS.md; x4 is the one measured at ~70 %)."""
     from generator.data import load_dataset
-    from watermark.keys import load_key, new_key_file
+    from watermark.keys import WatermarkKey
     from watermark.verify import verify_images
 
     model, schedule, _ = load_model(None, device="cpu")
-    new_key_file(tmp_path / "k.key")
-    new_key_file(tmp_path / "other.key")
-    key, other = load_key(tmp_path / "k.key"), load_key(tmp_path / "other.key")
+    # fixed keys: at ~70 % per image, "4 of 8" failed about 6 % of runs when the keys were drawn anew each time
+    key, other = WatermarkKey(bytes(range(32))), WatermarkKey(bytes(32))
     digits = load_dataset("mnist5k", "heldout").images[::125][:8]
     outs = torch.stack([quantize(refine(model, schedule, downsample(4).forward(d[None])[0], scale=4, steps=50,
                                         marking=Marking(key, 0x2A, seed=i))) for i, d in enumerate(digits)])
