@@ -74,12 +74,11 @@ def cmd_sample(a: argparse.Namespace) -> int:
             raise GuardError("--fast picks the model, sampler and steps itself; drop --checkpoint, --sampler and --steps")
         from generator.checkpoint import load_fast
 
-        model, schedule, a.sampler, a.steps, fast = load_fast()
-        a.guidance = fast["guidance"] if a.guidance is None else a.guidance
+        fast = load_fast()
+        model, schedule, a.sampler, a.steps = fast.model, fast.schedule, fast.sampler, fast.steps
+        a.guidance = fast.guidance if a.guidance is None else a.guidance
     else:
-        model, schedule, cfg = load_model(a.checkpoint)
-        if a.steps is None and "distill" in cfg:  # a distilled student runs on the grid it learned
-            a.steps = int(cfg["distill"]["steps"])
+        model, schedule, _ = load_model(a.checkpoint)
     kw = dict(label=a.label, guidance=a.guidance, sampler=a.sampler or "ddim", steps=a.steps, eta=a.eta,
               variance=a.variance, seed=a.seed, precision=a.precision, progress=not a.json)
     if key is not None:

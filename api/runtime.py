@@ -20,6 +20,7 @@ from api.settings import Settings
 from api.store import Account, Store
 
 SERVICE_KEY_LABEL = "service"
+PRECISION = "auto"  # bf16 where the hardware runs it natively: 2.4x, watermark unchanged (BENCHMARKS.md)
 
 
 def prepare_home(settings: Settings) -> None:
@@ -66,14 +67,13 @@ class Runtime:
     signer: object | None  # watermark.manifest.ManifestSigner
     service_key: object | None  # watermark.keys.WatermarkKey
     color: tuple | None = None  # (model, schedule) of the colour model, when one is installed
-    fast: tuple | None = None  # (model, schedule, sampler, steps, guidance) of the fast configuration, loaded on first use
+    fast: object | None = None  # generator.checkpoint.Fast: the `fast` configuration, loaded on first use
 
-    def fast_model(self) -> tuple:
+    def fast_config(self):
         if self.fast is None:
             from generator.checkpoint import load_fast
 
-            model, schedule, sampler, steps, rec = load_fast(next(self.model.parameters()).device)
-            self.fast = (model, schedule, sampler, steps, rec["guidance"])
+            self.fast = load_fast(next(self.model.parameters()).device)
         return self.fast
 
 
@@ -122,11 +122,12 @@ def generate_signed(rt: Runtime, account: Account, n: int, *, label: int | None 
     if fast:
         if steps is not None:
             raise GuardError("fast picks its own steps; drop steps")
-        model, schedule, sampler, steps, fast_guidance = rt.fast_model()
-        guidance = fast_guidance if guidance is None else guidance
+        f = rt.fast_config()
+        model, schedule, sampler, steps = f.model, f.schedule, f.sampler, f.steps
+        guidance = f.guidance if guidance is None else guidance
     seed = secrets.randbits(31) if seed is None else seed
     images, labels = generate_watermarked(model, schedule, rt.service_key, account.id, n, label=label,
-                                          steps=steps, seed=seed, sampler=sampler, precision="auto",
+                                          steps=steps, seed=seed, sampler=sampler, precision=PRECISION,
                                           guidance=DEFAULT_GUIDANCE if guidance is None else guidance)
     payload = f"{account.id:08x}"
     out = []
@@ -158,12 +159,12 @@ def apply_signed(rt: Runtime, account: Account, app: str, img: torch.Tensor, *, 
     if app == "colorize":
         if rt.color is None:
             raise GuardError("this service has no colour model installed")
-        out = apps.colorize(*rt.color, img, steps=steps, marking=marking, precision="auto")
+        out = apps.colorize(*rt.color, img, steps=steps, marking=marking, precision=PRECISION)
     elif app == "refine":
-        out = apps.refine(rt.model, rt.schedule, img, steps=steps, marking=marking, precision="auto", **kw)
+        out = apps.refine(rt.model, rt.schedule, img, steps=steps, marking=marking, precision=PRECISION, **kw)
     elif app == "inpaint":
         out = apps.inpaint_image(rt.model, rt.schedule, img, kw.pop("known"), steps=steps, marking=marking,
-                                 precision="auto", **kw)
+                                 precision=PRECISION, **kw)
     else:
         raise ValueError(f"unknown application {app!r}")
     name = f"ddpm-guard_{app}_{seed}.png"

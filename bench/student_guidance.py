@@ -14,9 +14,8 @@ import json
 import torch
 
 from generator.checkpoint import load_model
-from generator.classifier import load_classifier, predict
-from generator.data import load_dataset
-from generator.evaluate import feature_metrics
+from generator.classifier import predict
+from generator.evaluate import feature_metrics, heldout_reference
 from generator.image_io import quantize
 from generator.pipeline import generate
 
@@ -29,8 +28,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--precision", default="auto")
     a = ap.parse_args()
-    net = load_classifier()
-    real_f = predict(net, load_dataset("mnist5k", "heldout").images)[0].numpy()
+    net, real_f = heldout_reference()
     out = {"seed": a.seed, "n": a.n, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": {}}
     for folder in a.students.split(","):
         model, schedule, cfg = load_model(folder)

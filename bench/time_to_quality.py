@@ -29,9 +29,8 @@ import numpy as np
 import torch
 
 from generator.checkpoint import load_model, save_json
-from generator.classifier import load_classifier, predict
-from generator.data import load_dataset
-from generator.evaluate import feature_metrics
+from generator.classifier import predict
+from generator.evaluate import feature_metrics, heldout_reference
 from generator.image_io import quantize
 from generator.pipeline import DEFAULT_GUIDANCE, spread_labels
 from generator.samplers import autocast_for, guided_eps, resolve_precision, sample
@@ -84,8 +83,7 @@ def main() -> None:
     a = ap.parse_args()
     precision = resolve_precision(a.precision, torch.device("cpu"))
     model, schedule, _ = load_model(None)
-    net = load_classifier()
-    real_f = predict(net, load_dataset("mnist5k", "heldout").images)[0].numpy()
+    net, real_f = heldout_reference()
     labels = spread_labels(a.n, 10)
     x_T = torch.randn((a.n, 1, 28, 28), generator=torch.Generator().manual_seed(a.seed))
     grid = {k: [int(s) for s in v.split(",")] for k, v in (p.split(":") for p in a.grid.split(";"))}

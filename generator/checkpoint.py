@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,13 @@ CONFIG_NAME, WEIGHTS_NAME, STATE_NAME = "config.json", "model.safetensors", "tra
 BUNDLED = Path(__file__).parent / "weights" / "mnist5k"
 BUNDLED_COLOR = Path(__file__).parent / "weights" / "photos32"  # the colorization prior (32x32 RGB photo patches)
 FAST = Path(__file__).parent / "weights" / "fast.json"  # what `sample --fast` runs: checkpoint, sampler, steps (measured)
+
+
+@dataclass(frozen=True)
+class Distilled:
+    """What a distilled student's config says about using it (attached to the model as `.distilled`)."""
+    steps: int  # the DDIM grid it learned
+    guidance_range: tuple[float, float]  # the CFG scales it learned
 
 
 def default_device() -> torch.device:
@@ -105,20 +113,32 @@ def load_model(folder: str | os.PathLike | None = None, device: torch.device | s
         raise GuardError(f"{folder / WEIGHTS_NAME}: weights do not match config.json ({first})") from None
     if unet_cfg.prediction == "v":  # a distilled student: seen from outside as a noise predictor
         model = VPrediction(model, schedule.sqrt_alphas_cumprod, schedule.sqrt_one_minus_alphas_cumprod)
-    if unet_cfg.guidance_embed:  # the CFG scales it was distilled for; generate refuses others
-        model.guidance_range = tuple(cfg.get("distill", {}).get("guidance_range", (0.0, float("inf"))))
+    if "distill" in cfg:  # a student: generate defaults to its grid and refuses scales it never learned
+        d = cfg["distill"]
+        model.distilled = Distilled(int(d["steps"]), tuple(d.get("guidance_range", (0.0, float("inf")))))
     model.to(device or default_device()).eval()
     return model, schedule, cfg
 
 
-def load_fast(device: torch.device | str | None = None) -> tuple[torch.nn.Module, NoiseSchedule, str, int, dict]:
+@dataclass(frozen=True)
+class Fast:
+    """`sample --fast`'s configuration (weights/fast.json, written by the time-to-quality bench)."""
+    model: torch.nn.Module
+    schedule: NoiseSchedule
+    sampler: str
+    steps: int
+    guidance: float
+    record: dict  # fast.json as measured: FID, reference FID, speed-up, machine
+
+
+def load_fast(device: torch.device | str | None = None) -> Fast:
     """The fastest bundled configuration whose FID stays within +5 of the default sampler's, as the
-    time-to-quality bench measured it (weights/fast.json): (model, schedule, sampler, steps, record)."""
+    time-to-quality bench measured it (weights/fast.json)."""
     try:
         rec = json.loads(FAST.read_text())
         folder = FAST.parent / rec["checkpoint"]
-        sampler, steps = str(rec["sampler"]), int(rec["steps"])
+        sampler, steps, guidance = str(rec["sampler"]), int(rec["steps"]), float(rec["guidance"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise GuardError(f"{FAST}: missing or invalid, so there is no fast configuration ({e})") from None
     model, schedule, _ = load_model(folder, device)
-    return model, schedule, sampler, steps, rec
+    return Fast(model, schedule, sampler, steps, guidance, rec)

@@ -27,7 +27,7 @@ from torch import nn
 from generator.checkpoint import default_device, load_model, save_model
 from generator.config import config_to_dict
 from generator.data import load_dataset
-from generator.samplers import autocast_for, timesteps_for
+from generator.samplers import autocast_for, ddim_step, guided_eps, timesteps_for
 from generator.schedule import NoiseSchedule
 from generator.train import EMA
 from generator.unet import UNet, VPrediction
@@ -71,25 +71,9 @@ def make_student(teacher: nn.Module, schedule: NoiseSchedule) -> VPrediction:
     return student.to(next(teacher.parameters()).device)
 
 
-def teacher_eps(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
-                w: torch.Tensor) -> torch.Tensor:
-    """The guided noise eps_u + w (eps_c - eps_u) with a per-example scale w (B,)."""
-    if getattr(model.config, "guidance_embed", False):
-        return model(x, t, labels, guidance=w).float()
-    null = torch.full_like(labels, model.config.num_classes)
-    eps_c, eps_u = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float().chunk(2)
-    w = w.view(-1, 1, 1, 1)
-    return torch.where((labels == model.config.num_classes).view(-1, 1, 1, 1), eps_u, eps_u + w * (eps_c - eps_u))
-
-
-def ddim_to(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
-            schedule: NoiseSchedule) -> torch.Tensor:
-    """One deterministic DDIM step per example (t, t_next are (B,), t_next = -1 the clean image), with
-    x0 clipped and eps recomputed from it, as `samplers.ddim_step(clip_x0=True)` does."""
-    ab, ab_next = schedule.alpha_bar(t, x), schedule.alpha_bar(t_next, x)
-    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
-    eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
-    return ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
+def teacher_grid(schedule: NoiseSchedule, cfg: DistillConfig) -> torch.Tensor:
+    """The teacher's DDIM timesteps this round, descending, with -1 (the clean image) appended."""
+    return torch.tensor(timesteps_for(schedule.num_timesteps, cfg.teacher_steps) + [-1])
 
 
 def distill_target(teacher: nn.Module, schedule: NoiseSchedule, z_t: torch.Tensor, i: torch.Tensor,
@@ -98,13 +82,13 @@ def distill_target(teacher: nn.Module, schedule: NoiseSchedule, z_t: torch.Tenso
     steps to the student's next point s; the target is the x0 that one DDIM step t -> s must predict
     to land where the teacher did. Returns (target x0, s); s = -1 (the clean image) gives target = z_s."""
     k = cfg.teacher_steps // cfg.steps
-    grid = torch.tensor(timesteps_for(schedule.num_timesteps, cfg.teacher_steps) + [-1])
+    grid = teacher_grid(schedule, cfg)
     device = z_t.device
     z = z_t
     with torch.no_grad(), autocast_for(torch.device(device), cfg.teacher_precision):
-        for j in range(k):
+        for j in range(k):  # per-example timesteps: the sampler's own guidance and DDIM step (x0 clipped)
             tj, tn = grid[i + j].to(device), grid[i + j + 1].to(device)
-            z = ddim_to(z, teacher_eps(teacher, z, tj, labels, w), tj, tn, schedule)
+            z = ddim_step(guided_eps(teacher, z, tj, labels, w), tj, tn, z, schedule, clip_x0=True)
     t, s = grid[i].to(device), grid[i + k].to(device)
     a_t, a_s = schedule.alpha_bar(t, z).sqrt(), schedule.alpha_bar(s, z).sqrt()
     ratio = (1 - a_s ** 2).sqrt() / (1 - a_t ** 2).sqrt()
@@ -123,7 +107,7 @@ def distill_loss(student: VPrediction, teacher: nn.Module, schedule: NoiseSchedu
     w = (cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(b, generator=gen)).to(device)
     drop = (torch.rand(b, generator=gen) < cfg.cond_drop_prob).to(device)
     labels = torch.where(drop, torch.full_like(labels, student.config.num_classes), labels)
-    t = torch.tensor(timesteps_for(schedule.num_timesteps, cfg.teacher_steps))[i].to(device)
+    t = teacher_grid(schedule, cfg)[i].to(device)
     a_t = schedule.alpha_bar(t, x0).sqrt()
     sig_t = (1 - a_t ** 2).sqrt()
     z_t = a_t * x0 + sig_t * noise
@@ -137,16 +121,16 @@ def distill_loss(student: VPrediction, teacher: nn.Module, schedule: NoiseSchedu
 
 def fid_of(model: nn.Module, schedule: NoiseSchedule, steps: int, guidance: float, n: int, seed: int = 0) -> dict:
     """Monitoring: FID and class accuracy of n DDIM samples against the held-out digits."""
-    from generator.classifier import load_classifier, predict
+    from generator.classifier import predict
+    from generator.evaluate import heldout_reference
     from generator.image_io import quantize
     from generator.metrics import fid
     from generator.pipeline import generate
 
-    net = load_classifier()
-    real_f, _ = predict(net, load_dataset("mnist5k", "heldout").images)
+    net, real_f = heldout_reference()
     x, y = generate(model, schedule, n, guidance=guidance, steps=steps, seed=seed, precision="bf16")
     f, logits = predict(net, quantize(x))
-    return {"fid": fid(f.numpy(), real_f.numpy()), "class_accuracy": float((logits.argmax(1) == y).float().mean())}
+    return {"fid": fid(f.numpy(), real_f), "class_accuracy": float((logits.argmax(1) == y).float().mean())}
 
 
 def distill(teacher_dir: str | Path | None, out_dir: str | Path, cfg: DistillConfig, log=print) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -19,6 +20,14 @@ def feature_metrics(fake_feats: np.ndarray, real_feats: np.ndarray) -> dict[str,
     k, ks = kid(fake_feats, real_feats)
     p, r = precision_recall(real_feats, fake_feats, k=3)
     return {"fid": fid(fake_feats, real_feats), "kid": k, "kid_std": ks, "precision": p, "recall": r}
+
+
+@functools.lru_cache(maxsize=1)
+def heldout_reference() -> tuple[torch.nn.Module, np.ndarray]:
+    """(the digit classifier, its features of the 1,000 held-out digits): loaded once per process, for
+    callers that score samples many times (distillation's checkpoints, the benches)."""
+    net = load_classifier()
+    return net, predict(net, load_dataset("mnist5k", "heldout").images)[0].numpy()
 
 
 def evaluate_generator(model, schedule, *, n: int = 1000, sampler: str = "ddim", steps: int = 50,

@@ -48,9 +48,12 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, *, label: int | 
     if steps is not None and steps < 1:
         raise GuardError(f"--steps must be at least 1, got {steps}")
     cfg = model.config
-    lo, hi = getattr(model, "guidance_range", (None, None))
-    if lo is not None and cfg.num_classes and not lo <= guidance <= hi:
-        raise GuardError(f"this distilled model learned guidance scales {lo:g} to {hi:g}, got {guidance:g}")
+    distilled = getattr(model, "distilled", None)  # checkpoint.Distilled, set by load_model for a student
+    if distilled is not None:
+        steps = distilled.steps if steps is None else steps  # a student runs on the grid it learned
+        lo, hi = distilled.guidance_range
+        if cfg.num_classes and not lo <= guidance <= hi:
+            raise GuardError(f"this distilled model learned guidance scales {lo:g} to {hi:g}, got {guidance:g}")
     shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
     gen = torch.Generator().manual_seed(seed)
     if x_T is None:

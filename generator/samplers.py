@@ -84,19 +84,21 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
 
 
 def guided_eps(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
-               guidance: float) -> torch.Tensor:
-    """eps_u + s (eps_c - eps_u) (Ho & Salimans 2022): s = 1 is plain conditional, s = 0 unconditional.
-    Both passes run as one batch, which halves the per-step overhead. A guidance-distilled model
-    (config.guidance_embed) takes s as an input and needs one pass."""
+               guidance: float | torch.Tensor) -> torch.Tensor:
+    """eps_u + s (eps_c - eps_u) (Ho & Salimans 2022): s = 1 is plain conditional, s = 0 unconditional;
+    `guidance` is one scale or one per example (B,). Both passes run as one batch, which halves the
+    per-step overhead. A guidance-distilled model (config.guidance_embed) takes s as an input and
+    needs one pass."""
     if getattr(model.config, "guidance_embed", False):
         return model(x, t, labels, guidance=guidance).float()
-    if labels is None or guidance == 1.0:
+    scalar = not torch.is_tensor(guidance)
+    if labels is None or (scalar and guidance == 1.0):
         return model(x, t, labels).float()
     null = torch.full_like(labels, model.config.num_classes)
-    if guidance == 0.0:
+    if scalar and guidance == 0.0:
         return model(x, t, null).float()
     eps_c, eps_u = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float().chunk(2)
-    return eps_u + guidance * (eps_c - eps_u)
+    return eps_u + (guidance if scalar else guidance.view(-1, *[1] * (x.dim() - 1))) * (eps_c - eps_u)
 
 
 def ddpm_step(eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, schedule: NoiseSchedule,
@@ -126,8 +128,11 @@ def ddpm_step(eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, schedule:
     return mean + math.sqrt(var) * randn(tuple(x.shape), generator, x.device)
 
 
-def ddim_step(eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, schedule: NoiseSchedule,
-              eta: float = 0.0, generator: torch.Generator | None = None, clip_x0: bool = False) -> torch.Tensor:
+def ddim_step(eps: torch.Tensor, t: int | torch.Tensor, t_prev: int | torch.Tensor, x: torch.Tensor,
+              schedule: NoiseSchedule, eta: float = 0.0, generator: torch.Generator | None = None,
+              clip_x0: bool = False) -> torch.Tensor:
+    """One DDIM step t -> t_prev (t_prev = -1: the clean image). t and t_prev may be (B,) tensors, one
+    timestep per example (the distillation's teacher steps)."""
     ab_t = schedule.alpha_bar(t, x)
     ab_prev = schedule.alpha_bar(t_prev, x)  # t_prev = -1 means abar = 1: the clean image
     # 1. predicted x_0 (Song et al. Eq. 12, first term)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from generator.checkpoint import WEIGHTS_NAME, load_model
-from generator.distill import DistillConfig, distill, distill_loss, distill_target, make_student, teacher_eps
+from generator.distill import DistillConfig, distill, distill_loss, distill_target, make_student
 from generator.errors import GuardError
 from generator.pipeline import generate
-from generator.samplers import ddim_step, timesteps_for
+from generator.samplers import ddim_step, guided_eps, timesteps_for
 from generator.unet import UNet, VPrediction
 from tests.conftest import tiny_unet
 
@@ -65,7 +65,7 @@ def test_one_teacher_step_target_is_the_teachers_clipped_x0(teacher):
     grid = timesteps_for(1000, 4)
     for b in range(6):
         t = grid[int(i[b])]
-        eps = teacher_eps(model, z[b:b + 1], torch.tensor([t]), labels[b:b + 1], w[b:b + 1])
+        eps = guided_eps(model, z[b:b + 1], torch.tensor([t]), labels[b:b + 1], w[b:b + 1])
         ab = float(schedule.alphas_cumprod[t])
         x0 = ((z[b:b + 1] - (1 - ab) ** 0.5 * eps) / ab ** 0.5).clamp(-1, 1)
         torch.testing.assert_close(target[b:b + 1], x0, atol=2e-4, rtol=1e-4)
@@ -83,7 +83,7 @@ def test_two_teacher_steps_target_lands_where_the_teacher_lands(teacher):
     target, s = distill_target(model, schedule, z, torch.tensor([0, 0, 0]), labels, w, cfg)
     x = z
     for j in range(2):  # the teacher's own two steps through the sampler's code path
-        eps = teacher_eps(model, x, torch.full((3,), grid[j]), labels, w)
+        eps = guided_eps(model, x, torch.full((3,), grid[j]), labels, w)
         x = ddim_step(eps, grid[j], grid[j + 1], x, schedule, clip_x0=True)
     ab_t, ab_s = float(schedule.alphas_cumprod[grid[0]]), float(schedule.alphas_cumprod[grid[2]])
     eps_student = (z - ab_t ** 0.5 * target) / (1 - ab_t) ** 0.5

@@ -25,6 +25,13 @@ def _scores(x, codec, model, schedule, steps, search, alpha):
     return v, (time.time() - t0) / max(1, len(x))
 
 
+def bit_accuracies(verdicts, payload: int) -> list[float]:
+    """Per verdict, the share of the 32 payload bits decoded right (before the tag decides validity)."""
+    truth = np.unpackbits(np.frombuffer(payload.to_bytes(4, "big"), dtype=np.uint8))
+    return [float((np.array([int(c) for c in f"{int(r.extra['decoded_payload'], 16):032b}"]) == truth).mean())
+            for r in verdicts]
+
+
 def tpr_at_fpr(neg: np.ndarray, pos: np.ndarray, fpr: float = 0.01) -> float:
     """Share of positives scoring above the (1 - fpr) quantile of the negatives (higher = more marked)."""
     thr = np.quantile(neg, 1 - fpr, method="higher")
@@ -40,7 +47,6 @@ def evaluate_watermark(model, schedule, key: WatermarkKey, *, n: int = 500, n_ne
     codec = Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size), scheme)
     wm, _ = generate_watermarked(model, schedule, key, payload, n, scheme=scheme, seed=seed)
     wm = quantize(wm)
-    truth = np.unpackbits(np.frombuffer(payload.to_bytes(4, "big"), dtype=np.uint8))
     # negatives: held-out real digits and unwatermarked samples, cycled through the attacks' clean state
     held = load_dataset("mnist5k", "heldout").images
     n_fake = max(0, n_negative - len(held))
@@ -60,8 +66,7 @@ def evaluate_watermark(model, schedule, key: WatermarkKey, *, n: int = 500, n_ne
         v, secs = _scores(x, codec, model, schedule, steps, search, alpha)
         p = np.array([r.p_value for r in v])
         s = -np.log10(np.maximum(p, 1e-300))
-        acc = [float((np.array([int(c) for c in f"{int(r.extra['decoded_payload'], 16):032b}"]) == truth).mean())
-               for r in v]
+        acc = bit_accuracies(v, payload)
         report["attacks"][name] = {
             "auc": float(roc_auc_score(np.r_[np.zeros(len(neg_s)), np.ones(len(s))], np.r_[neg_s, s])),
             "tpr_at_1pct_fpr": tpr_at_fpr(neg_s, s), "tpr_at_alpha": float((p < alpha).mean()),
