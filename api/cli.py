@@ -314,8 +314,8 @@ def cmd_watermark_verify(a: argparse.Namespace) -> int:
 
     key = _load_key(a.key)
     rows = verify_files(a.paths, key, checkpoint=a.checkpoint, alpha=a.alpha, steps=a.steps, search=a.search,
-                        progress=not a.json)
-    _print_rows(rows, a.json, ["path", "watermarked", "p_value", "payload", "bit_errors_corrected", "error"])
+                        deep=a.deep, progress=not a.json)
+    _print_rows(rows, a.json, ["path", "watermarked", "p_value", "payload", "zero_bit_agreement", "error"])
     return 0
 
 
@@ -548,7 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     wv = w.add_parser("verify", help="test images for the watermark of a key")
     wv.add_argument("--key", required=True)
     wv.add_argument("--alpha", type=float, default=0.01, help="false-positive rate of the decision (default 0.01)")
-    wv.add_argument("--steps", type=_positive_int, default=None, help="DDIM inversion steps (default: measured choice)")
+    wv.add_argument("--deep", action="store_true",
+                    help="also read the x_T mark by DDIM inversion (~50x slower; needed for the applications' outputs)")
+    wv.add_argument("--steps", type=_positive_int, default=None, help="DDIM inversion steps with --deep (default: measured choice)")
     wv.add_argument("--search", action="store_true",
                     help="also try 24 inverse rotations (25x slower; measured to recover nothing on the bundled model)")
     wv.add_argument("--checkpoint", default=None)

@@ -1,6 +1,12 @@
-"""Progressive distillation (Salimans & Ho 2022) of the guided DDPM into a few-step student, with the
-classifier-free guidance scale distilled in as an input (Meng et al. 2023, "On distillation of guided
-diffusion models").
+"""Distillation of the guided DDPM into a few-step student, with the classifier-free guidance scale
+distilled in as an input (Meng et al. 2023, "On distillation of guided diffusion models"). Two methods:
+
+- progressive (Salimans & Ho 2022), the default, described below;
+- consistency (Song et al. 2023, as Latent Consistency Models run it: a skipping-step DDIM teacher with
+  the guidance scale as input): the student's x0 at t must equal a slowly moving copy's x0 at the
+  point s one teacher step nearer the data, so one network pass maps any point of a guided ODE
+  trajectory to its end. It learns every step count at once (`steps` is only the default it samples
+  with) from one run.
 
 One round teaches a student to cover in one DDIM step what its teacher covers in `teacher_steps /
 steps` DDIM steps. The student predicts v (its x0 stays well posed at t = T, where an eps-predictor
@@ -53,6 +59,8 @@ class DistillConfig:
     checkpoint_every: int = 250
     eval_n: int = 500  # samples for the FID logged at each checkpoint (monitoring only; the bench uses n >= 1000)
     max_minutes: float | None = None
+    method: str = "progressive"  # or "consistency"
+    target_decay: float = 0.95  # consistency: the EMA rate of the target network (LCM's 0.95)
 
 
 def make_student(teacher: nn.Module, schedule: NoiseSchedule) -> VPrediction:
@@ -119,6 +127,44 @@ def distill_loss(student: VPrediction, teacher: nn.Module, schedule: NoiseSchedu
     return (weight * (x_hat - target) ** 2).mean()
 
 
+def pseudo_huber(d: torch.Tensor) -> torch.Tensor:
+    """sqrt(|d|^2 + c^2) - c per example, c = 0.00054 sqrt(dim) (Song & Dhariwal 2023, "Improved
+    techniques for training consistency models"): L2 near zero, L1 for the outliers of early targets."""
+    c = 0.00054 * d[0].numel() ** 0.5
+    return ((d.flatten(1) ** 2).sum(1) + c * c).sqrt() - c
+
+
+def consistency_loss(student: VPrediction, target: VPrediction, teacher: nn.Module, schedule: NoiseSchedule,
+                     x0: torch.Tensor, labels: torch.Tensor, cfg: DistillConfig, gen: torch.Generator) -> torch.Tensor:
+    """Consistency distillation: z_t = alpha_t x0 + sigma_t eps at a random point t of the teacher's
+    grid; the teacher's guided DDIM step takes it to s, the next point (s = -1: the clean image); the
+    student's x0 at (z_t, t) regresses on the target network's x0 at (z_s, s), or on z_s itself at
+    s = -1 (the boundary condition f(x, 0) = x), under a pseudo-Huber distance."""
+    device, b = x0.device, x0.shape[0]
+    grid = teacher_grid(schedule, cfg)
+    i = torch.randint(0, cfg.teacher_steps, (b,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    w = (cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(b, generator=gen)).to(device)
+    drop = (torch.rand(b, generator=gen) < cfg.cond_drop_prob).to(device)
+    labels = torch.where(drop, torch.full_like(labels, student.config.num_classes), labels)
+    t, s = grid[i].to(device), grid[i + 1].to(device)
+    a_t = schedule.alpha_bar(t, x0).sqrt()
+    sig_t = (1 - a_t ** 2).sqrt()
+    z_t = a_t * x0 + sig_t * noise
+    with torch.no_grad():
+        with autocast_for(torch.device(device), cfg.teacher_precision):
+            z_s = ddim_step(guided_eps(teacher, z_t, t, labels, w), t, s, z_t, schedule, clip_x0=True)
+        s0 = s.clamp(min=0)  # the target network is not asked about s = -1; its answer there is z_s
+        a_s = schedule.alpha_bar(s0, x0).sqrt()
+        with autocast_for(torch.device(device), cfg.precision):
+            v_s = target.v(z_s, s0, labels, guidance=w).float()
+        x_s = a_s * z_s - (1 - a_s ** 2).sqrt() * v_s
+        goal = torch.where((s < 0).view(-1, 1, 1, 1), z_s, x_s)
+    with autocast_for(torch.device(device), cfg.precision):
+        v = student.v(z_t, t, labels, guidance=w).float()
+    return pseudo_huber(a_t * z_t - sig_t * v - goal).mean()
+
+
 def fid_of(model: nn.Module, schedule: NoiseSchedule, steps: int, guidance: float, n: int, seed: int = 0) -> dict:
     """Monitoring: FID and class accuracy of n DDIM samples against the held-out digits."""
     from generator.classifier import predict
@@ -134,6 +180,8 @@ def fid_of(model: nn.Module, schedule: NoiseSchedule, steps: int, guidance: floa
 
 
 def distill(teacher_dir: str | Path | None, out_dir: str | Path, cfg: DistillConfig, log=print) -> Path:
+    if cfg.method not in ("progressive", "consistency"):
+        raise ValueError(f"unknown method {cfg.method!r}; use 'progressive' or 'consistency'")
     if cfg.teacher_steps % cfg.steps:
         raise ValueError(f"teacher_steps {cfg.teacher_steps} is not a multiple of steps {cfg.steps}")
     torch.manual_seed(cfg.seed)
@@ -147,6 +195,9 @@ def distill(teacher_dir: str | Path | None, out_dir: str | Path, cfg: DistillCon
     data = load_dataset(cfg.dataset, "train", image_size=ucfg.image_size, channels=ucfg.in_channels)
     opt = torch.optim.Adam(student.unet.parameters(), lr=cfg.lr)
     ema = EMA(student.unet, cfg.ema_decay)
+    target = None
+    if cfg.method == "consistency":  # the slowly moving copy whose x0 the student chases
+        target = copy.deepcopy(student).requires_grad_(False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     history = []
@@ -163,7 +214,7 @@ def distill(teacher_dir: str | Path | None, out_dir: str | Path, cfg: DistillCon
         log(json.dumps(row))
         save_model(out, ev_model.unet, schedule.config, weights=ema.shadow,
                    extra={"step": step, "weights": "ema",
-                          "distill": {"steps": cfg.steps, "guidance_range": [cfg.guidance_min, cfg.guidance_max],
+                          "distill": {"steps": cfg.steps, "method": cfg.method, "guidance_range": [cfg.guidance_min, cfg.guidance_max],
                                       "lineage": lineage, "history": history}})
         losses.clear()
 
@@ -172,13 +223,20 @@ def distill(teacher_dir: str | Path | None, out_dir: str | Path, cfg: DistillCon
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-        loss = distill_loss(student, teacher, schedule, data.images[idx].to(device), data.labels[idx].to(device),
-                            cfg, gen)
+        x0, y = data.images[idx].to(device), data.labels[idx].to(device)
+        if target is None:
+            loss = distill_loss(student, teacher, schedule, x0, y, cfg, gen)
+        else:
+            loss = consistency_loss(student, target, teacher, schedule, x0, y, cfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(student.unet.parameters(), cfg.grad_clip)
         opt.step()
         ema.update(student.unet, step)
+        if target is not None:
+            with torch.no_grad():
+                for p_t, p in zip(target.unet.parameters(), student.unet.parameters()):
+                    p_t.lerp_(p, 1 - cfg.target_decay)
         losses.append(loss.item())
         done = cfg.max_minutes is not None and time.time() - t0 > cfg.max_minutes * 60
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or done:

@@ -37,7 +37,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, *, label: int | 
              labels: torch.Tensor | None = None, guidance: float = DEFAULT_GUIDANCE, sampler: str = "ddim",
              steps: int | None = None, eta: float = 0.0, variance: str = "beta_tilde", seed: int = 0,
              x_T: torch.Tensor | None = None, batch_size: int = 256, precision: str = "fp32",
-             progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+             progress: bool = False, x0_hook=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n images in [-1, 1] (CPU) and their labels. The same seed gives the same images.
 
     x_T, when given, is the (n, C, H, W) starting noise; otherwise it is drawn from `seed` up front,
@@ -66,7 +66,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, n: int, *, label: int | 
         out.append(sample(model, schedule, tuple(x_T[sl].shape), x_T=x_T[sl],
                           labels=labels[sl] if labels is not None else None, guidance=guidance,
                           sampler=sampler, steps=steps, eta=eta, variance=variance, generator=gen,
-                          precision=precision, progress=progress).cpu())
+                          precision=precision, progress=progress, x0_hook=x0_hook).cpu())
     return torch.cat(out), labels
 
 

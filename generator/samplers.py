@@ -269,7 +269,8 @@ def sample(model: nn.Module, schedule: NoiseSchedule, shape: tuple[int, ...], *,
            labels: torch.Tensor | None = None, guidance: float = 1.0, x_T: torch.Tensor | None = None,
            sampler: str = "ddim", steps: int | None = None, eta: float = 0.0, variance: str = "beta_tilde",
            clip_x0: bool = True, generator: torch.Generator | None = None, precision: str = "fp32",
-           progress: bool = False, callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+           progress: bool = False, callback: Callable[[int, torch.Tensor], None] | None = None,
+           x0_hook: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
     """Draw images in [-1, 1] of `shape` (B, C, H, W).
 
     `x_T` replaces the initial noise (the watermark's hook). `labels` (B,) selects classes; None is
@@ -277,11 +278,16 @@ def sample(model: nn.Module, schedule: NoiseSchedule, shape: tuple[int, ...], *,
     (ancestral; fewer steps run the respaced chain). `eta` applies to DDIM only. DDIM and
     DPM-Solver++ are deterministic and solve the same ODE, so `ddim_invert` inverts both (on the
     same grid, DDIM exactly; DPM-Solver++ up to its second-order correction).
+
+    `x0_hook(x0, t)` (DDIM only) edits the clean estimate at each step, which the step then continues
+    from: the guided watermark's hook. It runs outside inference mode's restrictions when it asks.
     """
     if sampler not in SAMPLERS:
         raise GuardError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
     if eta < 0:
         raise GuardError(f"eta must be >= 0, got {eta}")
+    if x0_hook is not None and sampler != "ddim":
+        raise GuardError("an x0 hook (the guided watermark) needs the DDIM sampler")
     _check_labels(model, labels)
     device = next(model.parameters()).device
     model.eval()
@@ -300,6 +306,10 @@ def sample(model: nn.Module, schedule: NoiseSchedule, shape: tuple[int, ...], *,
             tt = torch.full((x.shape[0],), t, device=device, dtype=torch.long)
             eps = guided_eps(model, x, tt, labels, guidance)
             t_prev = grid[i + 1] if i + 1 < len(grid) else -1
+            if x0_hook is not None:  # 1. x0 (clipped), edited by the hook; 2. the eps that agrees with it
+                ab = schedule.alpha_bar(tt, x)
+                x0 = x0_hook(((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1), t)
+                eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
             if sampler == "ddpm":
                 x = ddpm_step(eps, t, t_prev, x, schedule, generator, variance, clip_x0)
             elif sampler == "dpmpp2m":

@@ -157,13 +157,22 @@ def watermarked_noise(codec: Codec, payload: int, n: int, generator: torch.Gener
 
 
 def generate_watermarked(model: torch.nn.Module, schedule, key: WatermarkKey, payload: int, n: int, *,
-                         scheme: Scheme = Scheme(), seed: int = 0, **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Generate n watermarked images with deterministic DDIM (eta = 0, so inversion can find x_T)."""
+                         scheme: Scheme = Scheme(), seed: int = 0, guided=True,
+                         **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Generate n watermarked images with deterministic DDIM (eta = 0, so inversion can find x_T).
+
+    Both marks by default: the keyed x_T (Gaussian Shading, read by inversion) and, where the bundled
+    decoder reads the model's images, the guided codeword (watermark.guided, read without inversion).
+    `guided`: True (where it applies), False, or a watermark.guided.GuidedScheme."""
     from generator.pipeline import generate
+    from watermark.guided import GuidedScheme, guided_applies, make_hook
 
     if kw.get("sampler", "ddim") != "ddim" or kw.get("eta", 0.0) != 0.0:
         raise GuardError("watermarked generation needs the deterministic DDIM sampler (--sampler ddim --eta 0)")
     cfg = model.config
     codec = Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size), scheme)
     x_T = watermarked_noise(codec, payload, n, torch.Generator().manual_seed(seed))
-    return generate(model, schedule, n, x_T=x_T, seed=seed, **kw)
+    hook = None
+    if guided is not False and guided_applies(codec.shape):
+        hook = make_hook(key, payload, n, guided if isinstance(guided, GuidedScheme) else GuidedScheme(), seed=seed)
+    return generate(model, schedule, n, x_T=x_T, seed=seed, x0_hook=hook, **kw)

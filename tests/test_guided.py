@@ -1,0 +1,134 @@
+"""Watermark v2: the attack layer, the decoder's training, the codeword, the zero-bit test's null law,
+guidance toward the codeword, the sampler's x0 hook, and the bundled decoder end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from generator.checkpoint import BUNDLED, load_model
+from generator.perturb import jpeg, random_resized_crop
+from watermark.decoder import DecoderConfig, MessageDecoder, TrainConfig, attack_layer, load_decoder, train_decoder
+from watermark.guided import (Calibration, GuidedScheme, codeword, combine, guide_x0, read_logits,
+                              verify_guided)
+from watermark.keys import WatermarkKey
+
+KEY = WatermarkKey(bytes(range(32)))
+OTHER = WatermarkKey(bytes(range(1, 33)))
+
+
+def identity_calibration(bits: int = 72) -> Calibration:
+    eye = torch.eye(bits, dtype=torch.float64)
+    return Calibration(torch.zeros(bits, dtype=torch.float64), eye)
+
+
+def test_attack_layer_keeps_shape_range_and_passes_gradients():
+    x = (torch.rand(40, 1, 28, 28) * 2 - 1).requires_grad_(True)
+    y = attack_layer(x, torch.Generator().manual_seed(0), identity_share=0.0)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    # 8-bit levels, as a saved file holds
+    assert torch.allclose((y + 1) * 127.5, ((y + 1) * 127.5).round(), atol=1e-4)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # straight-through for JPEG, median and clamps
+    y2 = attack_layer(x.detach(), torch.Generator().manual_seed(0), identity_share=0.0)
+    assert torch.equal(y.detach(), y2)  # seeded
+    same = attack_layer(x.detach(), torch.Generator().manual_seed(0), identity_share=1.0)
+    assert torch.allclose(same, ((x.detach() + 1) * 127.5).round() / 127.5 - 1, atol=1e-6)
+
+
+def test_codeword_depends_on_key_and_payload_and_looks_random():
+    a, b, c = codeword(KEY, 5), codeword(KEY, 6), codeword(OTHER, 5)
+    assert a.shape == (72,) and set(a.tolist()) <= {1.0, -1.0}
+    assert not torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a[:32], b[:32])  # the zero-bit chips are the key's alone
+    with pytest.raises(Exception):
+        codeword(KEY, 2 ** 32)
+
+
+@pytest.mark.parametrize("statistic", ["binomial", "sign"])
+def test_reading_the_codeword_finds_key_and_payload(statistic):
+    scheme = GuidedScheme(statistic=statistic)
+    logits = 3 * codeword(KEY, 0xC0FFEE42)[None].repeat(2, 1)
+    logits[1, :5] *= -1  # five zero-bit chips read wrong
+    mine = read_logits(logits, identity_calibration(), KEY, scheme)
+    assert mine[0].payload == "c0ffee42" and mine[0].payload_valid and mine[0].agreements == 32
+    assert mine[0].p_value < 1e-7 and mine[1].agreements == 27 and mine[1].p_value < 1e-3
+    theirs = read_logits(logits, identity_calibration(), OTHER, scheme)
+    assert all(not r.payload_valid for r in theirs) and min(r.p_value for r in theirs) > 1e-4
+
+
+@pytest.mark.parametrize("statistic", ["binomial", "sign"])
+def test_zero_bit_p_values_are_uniform_under_the_null(statistic):
+    """Logits that carry no mark: the randomised p-value is uniform, so alpha is the false-positive rate."""
+    logits = torch.randn(4000, 72, generator=torch.Generator().manual_seed(3))
+    p = np.array([r.p_value for r in read_logits(logits, identity_calibration(), KEY, GuidedScheme(statistic=statistic))])
+    for a in (0.01, 0.05, 0.2, 0.5):
+        assert abs((p < a).mean() - a) < 4 * np.sqrt(a * (1 - a) / len(p)) + 1e-3, a
+
+
+def test_guidance_moves_x0_toward_the_codeword():
+    torch.manual_seed(0)
+    dec = MessageDecoder(DecoderConfig(width=8)).eval().requires_grad_(False)
+    x0 = torch.rand(8, 1, 28, 28) * 2 - 1
+    cw = codeword(KEY, 1)
+    center = dec(x0).median(0).values  # as the calibration centres the chips
+    before = ((dec(x0) > center).float() * 2 - 1 == cw).float().mean()
+    scheme = GuidedScheme(iters=20, step_size=0.05, eot=1)  # eot 1: the unattacked (8-bit) copy
+    x = guide_x0(x0, cw.expand(8, -1), dec, center, scheme, torch.Generator().manual_seed(0))
+    after = ((dec(x) > center).float() * 2 - 1 == cw).float().mean()
+    assert x.shape == x0.shape and x.min() >= -1 and x.max() <= 1
+    assert after > before + 0.2, (before, after)
+
+
+def test_identity_hook_changes_nothing_and_other_samplers_refuse_it(trained_tiny):
+    from generator.errors import GuardError
+    from generator.pipeline import generate
+
+    out, _ = trained_tiny
+    model, schedule, _ = load_model(out, device="cpu")
+    a, _ = generate(model, schedule, 4, steps=10, seed=1)
+    seen = []
+    b, _ = generate(model, schedule, 4, steps=10, seed=1, x0_hook=lambda x0, t: seen.append(t) or x0)
+    assert torch.allclose(a, b, atol=1e-5) and len(seen) == 10
+    with pytest.raises(GuardError, match="DDIM"):
+        generate(model, schedule, 2, steps=10, sampler="dpmpp2m", x0_hook=lambda x0, t: x0)
+
+
+def test_decoder_training_writes_a_loadable_decoder(tmp_path):
+    out = train_decoder(tmp_path / "dec", TrainConfig(steps=4, batch_size=8), DecoderConfig(bits=16, width=8),
+                        log=lambda s: None)
+    dec, record = load_decoder(out)
+    assert dec.config.bits == 16 and record["train"]["steps"] == 4
+    assert (out / "decoder.safetensors").stat().st_size > 0
+    assert dec(torch.zeros(2, 1, 28, 28)).shape == (2, 16)
+
+
+def test_combine_is_sidak_over_the_minimum():
+    assert combine([0.5]) == pytest.approx(0.5)
+    assert combine([0.01, 0.3]) == pytest.approx(1 - 0.99 ** 2)
+    assert combine([1.0, 1.0]) == 1.0
+
+
+needs_decoder = pytest.mark.skipif(not (BUNDLED / "model.safetensors").exists()
+                                   or not (load_decoder.__globals__["WEIGHTS"] / "decoder.json").exists(),
+                                   reason="no bundled model or decoder")
+
+
+@needs_decoder
+def test_bundled_guided_mark_survives_jpeg_and_crop_without_inversion():
+    from generator.image_io import quantize
+    from generator.pipeline import generate
+    from watermark.embed import generate_watermarked
+
+    model, schedule, _ = load_model(device="cpu")
+    x, _ = generate_watermarked(model, schedule, KEY, 0xABCD0123, 6, seed=0, steps=50)
+    x = quantize(x)
+    plain = quantize(generate(model, schedule, 6, seed=0, steps=50)[0])
+    g = torch.Generator().manual_seed(0)
+    for name, y in (("clean", x), ("jpeg50", jpeg(x, 50)), ("crop", random_resized_crop(x, g))):
+        r = verify_guided(y, KEY)
+        assert sum(v.p_value < 0.01 for v in r) >= 5, (name, [v.p_value for v in r])
+    assert sum(v.payload == "abcd0123" for v in verify_guided(x, KEY)) >= 5
+    assert max(v.p_value for v in verify_guided(plain, KEY)) > 0.01
+    assert sum(v.p_value < 0.01 for v in verify_guided(x, OTHER)) <= 1

@@ -1,0 +1,289 @@
+"""The robust message decoder (watermark v2): a small CNN that reads a bit string out of a 28x28 digit
+after the edits uploads go through, trained HiDDeN-style (Zhu et al. 2018) with an encoder and an
+attack layer whose operations are the real ones in the forward pass (JPEG, median and clamping pass
+a straight-through gradient).
+
+The encoder only teaches the decoder what to look for; the mark itself is put in by the reverse
+process (watermark.guided), which steers x0 toward images the decoder reads as the keyed codeword.
+
+    python -m watermark.decoder --out watermark/weights/decoder --steps 6000 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from generator.errors import GuardError
+
+WEIGHTS = Path(__file__).parent / "weights" / "decoder"
+
+
+@dataclass
+class DecoderConfig:
+    bits: int = 72  # codeword length: 32 keyed zero-bit chips + 32 payload bits + an 8-bit keyed tag
+    width: int = 32  # channels at full resolution (x2, x4 after each stride): ~22 M multiply-adds per image
+    image_size: int = 28
+    channels: int = 1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 6000
+    batch_size: int = 64
+    lr: float = 1e-3
+    strength: float = 0.25  # the encoder's residual bound, in [-1, 1] pixel units
+    image_weight: float = 2.0  # weight of the residual's mean square in the encoder's loss
+    identity_share: float = 0.15  # share of each batch shown unattacked
+    seed: int = 0
+    max_minutes: float | None = None
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """Brightness invariance: [-1, 1] images scaled so each one's brightest pixel is white. A brightness
+    change x * f (clamped) is undone exactly for f <= 1 and up to the clamp for f > 1."""
+    x01 = (x + 1) / 2
+    peak = x01.flatten(1).amax(1).clamp(min=1 / 255).view(-1, 1, 1, 1)
+    return (x01 / peak) * 2 - 1
+
+
+class MessageDecoder(nn.Module):
+    """(B, C, H, W) in [-1, 1] -> (B, bits) logits; positive reads bit 0 (chip +1)."""
+
+    def __init__(self, cfg: DecoderConfig = DecoderConfig()):
+        super().__init__()
+        self.config = cfg
+        w = cfg.width
+
+        def block(cin, cout, stride):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
+
+        self.features = nn.Sequential(block(cfg.channels, w, 1), block(w, 2 * w, 2), block(2 * w, 2 * w, 1),
+                                      block(2 * w, 4 * w, 2), block(4 * w, 4 * w, 1))
+        self.head = nn.Linear(8 * w, cfg.bits)  # global mean and max pooling, concatenated
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(normalise(x))
+        return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
+
+
+class MessageEncoder(nn.Module):
+    """(image, bits in {0, 1}) -> a residual bounded by `strength`: the training partner only."""
+
+    def __init__(self, cfg: DecoderConfig = DecoderConfig(), width: int = 32):
+        super().__init__()
+        self.config = cfg
+        self.msg = nn.Linear(cfg.bits, 16 * 7 * 7)
+        self.net = nn.Sequential(nn.Conv2d(cfg.channels + 16, width, 3, 1, 1), nn.SiLU(),
+                                 nn.Conv2d(width, width, 3, 1, 1), nn.SiLU(),
+                                 nn.Conv2d(width, width, 3, 1, 1), nn.SiLU(),
+                                 nn.Conv2d(width, cfg.channels, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, bits: torch.Tensor, strength: float) -> torch.Tensor:
+        m = self.msg(2 * bits.float() - 1).view(-1, 16, 7, 7)
+        m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return (x + strength * torch.tanh(self.net(torch.cat([x, m], 1)))).clamp(-1, 1)
+
+
+# ---- the attack layer: real operations forward, straight-through where they have no useful gradient ----
+
+def _st(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """y in the forward pass, the identity's gradient in the backward pass."""
+    return x + (y - x).detach()
+
+
+def _jpeg01(x: torch.Tensor, qualities: torch.Tensor) -> torch.Tensor:
+    out = []
+    for img, q in zip(x.detach().clamp(0, 1), qualities.tolist()):
+        arr = (img[0].numpy() * 255).round().astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr, "L").save(buf, format="JPEG", quality=int(q))
+        buf.seek(0)
+        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("L"), dtype=np.float32) / 255)[None])
+    return torch.stack(out)
+
+
+def _median01(x: torch.Tensor) -> torch.Tensor:
+    p = F.pad(x, (1, 1, 1, 1), mode="reflect").unfold(2, 3, 1).unfold(3, 3, 1)
+    return p.reshape(*x.shape, 9).median(-1).values
+
+
+def _blur01(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    r = torch.arange(-4, 5, dtype=x.dtype)
+    k1 = torch.exp(-r[None] ** 2 / (2 * sigma[:, None] ** 2))
+    k1 = k1 / k1.sum(1, keepdim=True)
+    k = (k1[:, :, None] * k1[:, None, :])[:, None]  # (B, 1, 9, 9)
+    y = F.conv2d(F.pad(x.transpose(0, 1), (4, 4, 4, 4), mode="replicate"), k, groups=len(x))
+    return y.transpose(0, 1)
+
+
+def _affine01(x: torch.Tensor, gen: torch.Generator, max_angle: float, min_area: float) -> torch.Tensor:
+    """Rotation by U(-max_angle, max_angle) and a random crop of U(min_area, 1) of the area at a random
+    place, resized back (one bilinear resampling; uncovered corners black)."""
+    b = len(x)
+    a = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(max_angle)
+    s = (min_area + (1 - min_area) * torch.rand(b, generator=gen)).sqrt()
+    tx, ty = ((torch.rand(2, b, generator=gen) * 2 - 1) * (1 - s))
+    theta = torch.stack([torch.stack([s * a.cos(), -s * a.sin(), tx], 1),
+                         torch.stack([s * a.sin(), s * a.cos(), ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+ATTACK_NAMES = ("identity", "rotate", "crop", "rotate+crop", "blur", "noise", "brightness", "resize", "median",
+                "jpeg")
+
+
+def attack_layer(x: torch.Tensor, gen: torch.Generator, identity_share: float = 0.15) -> torch.Tensor:
+    """One random attack per image of a (B, 1, H, W) batch in [-1, 1], applied to its 8-bit version,
+    as the robustness suite does (watermark.attacks) but with random strengths over wider ranges:
+    rotation up to +-90 degrees, crops of 0.6-1 of the area, blur sigma 0.3-1.5, noise 0-0.15,
+    brightness x U[0, 6] with clamping, resize 0.4-0.8 and back, median 3, JPEG 20-90."""
+    b, (h, w) = len(x), x.shape[-2:]
+    x = (x + 1) / 2
+    x = _st(x, (x * 255).round() / 255)
+    kind = torch.randint(1, len(ATTACK_NAMES), (b,), generator=gen)
+    kind[torch.rand(b, generator=gen) < identity_share] = 0
+    out = x.clone()
+    for k, name in enumerate(ATTACK_NAMES):
+        idx = (kind == k).nonzero().flatten()
+        if len(idx) == 0 or name == "identity":
+            continue
+        xi, n = x[idx], len(idx)
+        if name == "rotate":
+            y = _affine01(xi, gen, 90.0, 1.0)
+        elif name == "crop":
+            y = _affine01(xi, gen, 0.0, 0.6)
+        elif name == "rotate+crop":
+            y = _affine01(xi, gen, 90.0, 0.6)
+        elif name == "blur":
+            y = _blur01(xi, 0.3 + 1.2 * torch.rand(n, generator=gen))
+        elif name == "noise":
+            y = xi + 0.15 * torch.rand(n, 1, 1, 1, generator=gen) * torch.randn(xi.shape, generator=gen)
+            y = _st(y, y.clamp(0, 1))
+        elif name == "brightness":
+            y = xi * (6 * torch.rand(n, 1, 1, 1, generator=gen))
+            y = _st(y, y.clamp(0, 1))
+        elif name == "resize":
+            f = float(0.4 + 0.4 * torch.rand(1, generator=gen))
+            small = F.interpolate(xi, size=(max(1, round(h * f)), max(1, round(w * f))), mode="bilinear",
+                                  antialias=True, align_corners=False)
+            y = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        elif name == "median":
+            y = _st(xi, _median01(xi))
+        else:  # jpeg
+            y = _st(xi, _jpeg01(xi, torch.randint(20, 91, (n,), generator=gen)))
+        out = out.index_copy(0, idx, y)
+    out = _st(out, (out.clamp(0, 1) * 255).round() / 255)  # saved again as an 8-bit file
+    return out * 2 - 1
+
+
+# ---- training ----
+
+def train_decoder(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), dcfg: DecoderConfig = DecoderConfig(),
+                  log=print) -> Path:
+    """Jointly train encoder and decoder on the training digits (mnist5k train split) through the attack
+    layer; save the decoder (safetensors + JSON). The encoder is kept beside it for the benches."""
+    from generator.checkpoint import default_device
+    from generator.data import load_dataset
+    from safetensors.torch import save_file
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    device = default_device()
+    data = load_dataset("mnist5k", "train").images
+    dec, enc = MessageDecoder(dcfg).to(device), MessageEncoder(dcfg).to(device)
+    opt = torch.optim.Adam(list(dec.parameters()) + list(enc.parameters()), lr=cfg.lr)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0, hist, acc = time.time(), [], []
+    for step in range(1, cfg.steps + 1):
+        lr = cfg.lr * min(1.0, step / 200) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = data[torch.randint(0, len(data), (cfg.batch_size,), generator=gen)]
+        bits = torch.randint(0, 2, (cfg.batch_size, dcfg.bits), generator=gen)
+        # curriculum (HiDDeN-style training stalls at chance otherwise): attacks and the image penalty
+        # ramp in over the first 10-40 % of the run, after the pair has found a code on clean images
+        ramp = min(1.0, max(0.0, (step / cfg.steps - 0.1) / 0.3))
+        marked = enc(x.to(device), bits.to(device), cfg.strength)
+        attacked = attack_layer(marked.cpu(), gen, 1 - ramp * (1 - cfg.identity_share)).to(device)
+        logits = dec(attacked)
+        target = 1.0 - bits.float().to(device)  # positive logit = bit 0
+        loss_msg = F.binary_cross_entropy_with_logits(logits, target)
+        loss_img = ((marked - x.to(device)) ** 2).mean()
+        loss = loss_msg + ramp * cfg.image_weight * loss_img
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        acc.append(float(((logits > 0).float() == target).float().mean()))
+        if step % 200 == 0 or step == cfg.steps:
+            row = {"step": step, "bit_accuracy": float(np.mean(acc)), "loss_msg": loss_msg.item(),
+                   "rms": float(loss_img.detach().sqrt()), "ramp": ramp, "minutes": (time.time() - t0) / 60}
+            hist.append(row)
+            log(json.dumps(row))
+            acc.clear()
+            save_decoder(out, dec, {"train": asdict(cfg), "history": hist})
+            save_file({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()},
+                      str(out / "encoder.safetensors"))
+        if cfg.max_minutes is not None and time.time() - t0 > cfg.max_minutes * 60:
+            log(f"stopping at step {step}: max_minutes reached")
+            save_decoder(out, dec, {"train": asdict(cfg), "history": hist})
+            break
+    return out
+
+
+def save_decoder(out: Path, dec: MessageDecoder, extra: dict) -> None:
+    from safetensors.torch import save_file
+
+    from generator.fsutil import atomic_write_bytes
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in dec.state_dict().items()}, str(out / "decoder.safetensors"))
+    atomic_write_bytes(out / "decoder.json", json.dumps({"decoder": asdict(dec.config), **extra}, indent=1).encode())
+
+
+def load_decoder(path: str | Path | None = None) -> tuple[MessageDecoder, dict]:
+    """The decoder and its JSON record (config, training, and the calibration watermark.guided stores)."""
+    from safetensors.torch import load_file
+
+    d = Path(path) if path is not None else WEIGHTS
+    if not (d / "decoder.json").is_file() or not (d / "decoder.safetensors").is_file():
+        raise GuardError(f"{d}: no watermark decoder (decoder.json + decoder.safetensors) there")
+    record = json.loads((d / "decoder.json").read_text())
+    dec = MessageDecoder(DecoderConfig(**record["decoder"]))
+    dec.load_state_dict(load_file(str(d / "decoder.safetensors")))
+    return dec.eval().requires_grad_(False), record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m watermark.decoder")
+    p.add_argument("--out", required=True)
+    for f in TrainConfig.__dataclass_fields__.values():
+        if f.name == "max_minutes":
+            p.add_argument("--max-minutes", type=float, default=None)
+            continue
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    p.add_argument("--bits", type=int, default=DecoderConfig.bits)
+    p.add_argument("--width", type=int, default=DecoderConfig.width)
+    a = vars(p.parse_args(argv))
+    out = a.pop("out")
+    dcfg = DecoderConfig(bits=a.pop("bits"), width=a.pop("width"))
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    train_decoder(out, TrainConfig(**a), dcfg, log=lambda s: print(s, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
