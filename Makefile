@@ -26,7 +26,7 @@ dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(VENV)/bin/ddpm-guard sample --n 64 --fast --out $(DEMO_OUT)/samples --seed 0
 	$(VENV)/bin/ddpm-guard demo --out $(DEMO_OUT)
-	$(VENV)/bin/ddpm-guard scan --key $(DEMO_OUT)/demo.key $(DEMO_OUT)/watermarked $(DEMO_OUT)/plain $(DEMO_OUT)/real
+	$(VENV)/bin/ddpm-guard scan --key $(DEMO_OUT)/demo.key $(DEMO_OUT)/watermarked $(DEMO_OUT)/edited $(DEMO_OUT)/plain $(DEMO_OUT)/real
 	@echo "open $(DEMO_OUT)/samples/grid.png"
 
 test: $(VENV)/.installed-dev

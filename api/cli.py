@@ -321,13 +321,19 @@ def cmd_watermark_verify(a: argparse.Namespace) -> int:
 
 def cmd_watermark_eval(a: argparse.Namespace) -> int:
     from generator.checkpoint import load_model
-    from watermark.evaluate import evaluate_watermark
+    from watermark.evaluate import evaluate_guided, evaluate_watermark
+    from watermark.guided import guided_applies
 
     key = _load_key(a.key)
     model, schedule, _ = load_model(a.checkpoint)
-    report = evaluate_watermark(model, schedule, key, n=a.n, n_negative=a.n_negative, steps=a.steps, alpha=a.alpha,
-                                search=a.search, seed=a.seed, fid_seeds=a.fid_seeds, out_dir=a.out,
-                                log=_progress_log(a))
+    cfg = model.config
+    if a.deep or a.search or not guided_applies((cfg.in_channels, cfg.image_size, cfg.image_size)):
+        report = evaluate_watermark(model, schedule, key, n=a.n, n_negative=a.n_negative, steps=a.steps or 10,
+                                    alpha=a.alpha, search=a.search, seed=a.seed, fid_seeds=a.fid_seeds, out_dir=a.out,
+                                    log=_progress_log(a))
+    else:
+        report = evaluate_guided(model, schedule, key, n=a.n, n_negative=a.n_negative, alpha=a.alpha, seed=a.seed,
+                                 fid_seeds=a.fid_seeds, log=_progress_log(a))
     return _emit_report(report, a, "watermark_eval.json")
 
 
@@ -558,11 +564,14 @@ def build_parser() -> argparse.ArgumentParser:
     wv.add_argument("paths", nargs="+")
     wv.set_defaults(func=cmd_watermark_verify)
 
-    we = w.add_parser("eval", help="detection power per attack, empirical FPR, bit accuracy, verify time")
+    we = w.add_parser("eval", help="detection power per attack, FPR on unmarked images and other keys, bit accuracy, "
+                                   "verify speed, quality")
     we.add_argument("--key", required=True)
     we.add_argument("--n", type=_positive_int, default=500, help="watermarked images per attack")
-    we.add_argument("--n-negative", type=_positive_int, default=10_000, help="clean images for the FPR")
-    we.add_argument("--steps", type=_positive_int, default=10)
+    we.add_argument("--n-negative", type=_positive_int, default=2000,
+                    help="unmarked images (the 1,000 held-out digits, then unmarked samples), each under every attack")
+    we.add_argument("--deep", action="store_true", help="evaluate the x_T mark read by inversion instead (slow)")
+    we.add_argument("--steps", type=_positive_int, default=None, help="inversion steps with --deep (default 10)")
     we.add_argument("--alpha", type=float, default=0.01)
     we.add_argument("--search", action="store_true", help="include the rotation search (slow)")
     we.add_argument("--fid-seeds", type=_nonnegative_int, default=2,

@@ -1,18 +1,22 @@
 """`make demo`: the three parts on one table.
 
 1. a demo key (0600, inside the output folder) and watermarked digits carrying a payload;
-2. one unwatermarked sample and a few held-out real digits, saved the same way;
-3. `watermark verify` and `detect` over all of them, the verdicts side by side.
+2. edited copies of two of them, as an upload platform would pass them on: a JPEG q50 re-save and a
+   crop of 75 % of the area resized back;
+3. one unwatermarked sample and a few held-out real digits, saved the same way;
+4. `watermark verify` and `detect` over all of them, the verdicts side by side.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from generator.checkpoint import load_model
 from generator.data import load_dataset
 from generator.errors import GuardError
-from generator.image_io import save_image
+from generator.image_io import quantize, save_image, save_jpeg
 from generator.pipeline import generate, write_samples
 
 DEMO_PAYLOAD = "c0ffee42"
@@ -38,6 +42,13 @@ def run_demo(out: str | Path, n_watermarked: int = 8, n_real: int = 4, seed: int
     wm, labels = generate_watermarked(model, schedule, key, parse_payload(DEMO_PAYLOAD), n_watermarked, seed=seed,
                                       precision="auto")
     files = [("watermarked", p) for p in write_samples(wm, out / "watermarked", labels)]
+    from generator.perturb import random_resized_crop
+
+    edited = out / "edited"
+    edited.mkdir(exist_ok=True)
+    files.append(("watermarked, JPEG q50", save_jpeg(quantize(wm[0]), edited / "watermarked_0_jpeg50.jpg", 50)))
+    crop = random_resized_crop(quantize(wm[1:2]), torch.Generator().manual_seed(seed))[0]
+    files.append(("watermarked, cropped", save_image(crop, edited / "watermarked_1_crop75.png")))
     plain, plain_labels = generate(model, schedule, 1, seed=seed + 1, precision="auto")
     files += [("plain sample", p) for p in write_samples(plain, out / "plain", plain_labels)]
     held = load_dataset("mnist5k", "heldout")

@@ -73,6 +73,9 @@ def main() -> None:
     ap.add_argument("--grid", default="ours-ddim:20,50;ours-dpmpp2m:5,10,15,20;ours-unipc:5,10,15,20;diffusers-ddim:20,50;"
                                       "diffusers-dpmsolver++2m:5,10,15,20;diffusers-unipc:5,10,15,20")
     ap.add_argument("--students", default="", help="comma-separated student checkpoint folders")
+    ap.add_argument("--consistency", default=None,
+                    help="a consistency-distilled student's folder: one model for every step count (--consistency-steps)")
+    ap.add_argument("--consistency-steps", default="2,4,8")
     ap.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="CFG scale of every non-student row")
     ap.add_argument("--student-guidance", type=float, default=DEFAULT_GUIDANCE,
                     help="the CFG scale the students run at (an input of theirs; chosen on another seed by bench/student_guidance.py)")
@@ -94,6 +97,10 @@ def main() -> None:
         student_dirs[int(cfg["distill"]["steps"])] = Path(folder)
     if students:
         grid["ours-student"] = sorted(students)
+    cm = None
+    if a.consistency:
+        cm = load_model(a.consistency)[0]
+        grid["ours-consistency"] = [int(v) for v in a.consistency_steps.split(",")]
 
     def ours(smp: str):
         return lambda x, st, lab: sample(model, schedule, tuple(x.shape), labels=lab, guidance=a.guidance, x_T=x,
@@ -103,7 +110,12 @@ def main() -> None:
         return sample(students[st], schedule, tuple(x.shape), labels=lab, guidance=a.student_guidance, x_T=x,
                       sampler="ddim", steps=st, precision=precision)
 
-    runners = {k: student if k == "ours-student" else ours(k.split("-", 1)[1]) if k.startswith("ours") else
+    def consistency(x, st, lab):  # DDIM with the student's x0: deterministic, so the x_T watermark still applies
+        return sample(cm, schedule, tuple(x.shape), labels=lab, guidance=a.student_guidance, x_T=x,
+                      sampler="ddim", steps=st, precision=precision)
+
+    runners = {k: student if k == "ours-student" else consistency if k == "ours-consistency" else
+               ours(k.split("-", 1)[1]) if k.startswith("ours") else
                diffusers_sampler(k, model, a.guidance, precision) for k in grid}
     rows = {}
 

@@ -141,6 +141,17 @@ def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
     return p
 
 
+def save_jpeg(x: torch.Tensor, path: str | os.PathLike, quality: int = 75) -> Path:
+    """Write a (C, H, W) tensor in [-1, 1] as JPEG at `quality`, atomically: a platform's re-save."""
+    import io
+
+    buf = io.BytesIO()
+    to_pil(x).save(buf, format="JPEG", quality=quality)
+    p = Path(path)
+    atomic_write_bytes(p, buf.getvalue())
+    return p
+
+
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> torch.Tensor:
     """Tile (B, C, H, W) into one (C, H', W') image with a dark border."""
     b, c, h, w = images.shape

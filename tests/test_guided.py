@@ -37,6 +37,20 @@ def test_attack_layer_keeps_shape_range_and_passes_gradients():
     assert torch.allclose(same, ((x.detach() + 1) * 127.5).round() / 127.5 - 1, atol=1e-6)
 
 
+def test_canonical_frame_undoes_rotation():
+    from generator.data import load_dataset
+    from generator.perturb import rotate
+    from watermark.decoder import canonicalise
+
+    x = load_dataset("mnist5k", "heldout").images[::100]
+    c = canonicalise(x)
+    for angle in (90, 180, -90):  # exact resampling grids: the same canonical image
+        assert torch.allclose(canonicalise(rotate(x, angle)), c, atol=1e-4)
+    for angle in (15, 45, 75):  # bilinear twice: close, and far closer than the rotated digits are
+        r = rotate(x, angle)
+        assert (canonicalise(r) - c).abs().mean() < 0.5 * (r - x).abs().mean()
+
+
 def test_codeword_depends_on_key_and_payload_and_looks_random():
     a, b, c = codeword(KEY, 5), codeword(KEY, 6), codeword(OTHER, 5)
     assert a.shape == (72,) and set(a.tolist()) <= {1.0, -1.0}

@@ -37,6 +37,10 @@ class DecoderConfig:
     width: int = 32  # channels at full resolution (x2, x4 after each stride): ~22 M multiply-adds per image
     image_size: int = 28
     channels: int = 1
+    # moment normalisation before the CNN (Alghoniemy & Tewfik 2000): centroid to the centre, principal
+    # axis upright, radius of gyration fixed, heavier end down. Rotation, crop and rescale then move the
+    # digit's own frame along with the mark, so the CNN sees the mark where it was put.
+    canonical: bool = False
 
 
 @dataclass
@@ -59,6 +63,61 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return (x01 / peak) * 2 - 1
 
 
+CANON_RADIUS = 0.42  # radius of gyration after normalisation, in grid units ([-1, 1]): a typical MNIST digit's
+# the moments weigh only intensity above this share of the peak: noise and a grey background otherwise pull the
+# centroid to the middle and inflate the radius (measured on held-out digits: the canonical image's error under
+# noise 0.1 halves, 0.137 -> 0.069; JPEG q25 and rotation 75 improve too; blur sigma 1 costs 0.065 -> 0.085)
+CANON_FLOOR = 0.2
+
+
+def _grid(h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel centres in grid_sample's coordinates (align_corners=False): u along x, v along y."""
+    u = (torch.arange(w, dtype=like.dtype) * 2 + 1) / w - 1
+    v = (torch.arange(h, dtype=like.dtype) * 2 + 1) / h - 1
+    return u.view(1, 1, 1, w), v.view(1, 1, h, 1)
+
+
+@torch.no_grad()
+def canonical_affine(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) in [-1, 1] -> (B, 2, 3) affine maps from the canonical frame to the image (grid
+    coordinates, for F.affine_grid), computed from the intensity moments: centroid to the centre,
+    principal axis upright, radius of gyration fixed, heavier end down (the third moment along the
+    axis settles its 180-degree ambiguity)."""
+    _, _, h, w = x.shape
+    m = (((x + 1) / 2 - CANON_FLOOR) / (1 - CANON_FLOOR)).clamp(0, 1)
+    u, v = _grid(h, w, x)
+    mass = m.sum((1, 2, 3)).clamp(min=1e-6)
+    cx, cy = (m * u).sum((1, 2, 3)) / mass, (m * v).sum((1, 2, 3)) / mass
+    du, dv = u - cx.view(-1, 1, 1, 1), v - cy.view(-1, 1, 1, 1)
+    mu20, mu02 = (m * du * du).sum((1, 2, 3)) / mass, (m * dv * dv).sum((1, 2, 3)) / mass
+    mu11 = (m * du * dv).sum((1, 2, 3)) / mass
+    theta = 0.5 * torch.atan2(2 * mu11, mu20 - mu02)  # the principal axis' angle from the u axis
+    phi = theta - math.pi / 2  # rotates the canonical vertical onto the principal axis
+    scale = (mu20 + mu02).clamp(min=1e-6).sqrt() / CANON_RADIUS
+    along = du * torch.cos(theta).view(-1, 1, 1, 1) + dv * torch.sin(theta).view(-1, 1, 1, 1)
+    flip = torch.where((m * along ** 3).sum((1, 2, 3)) < 0, -1.0, 1.0)
+    cs, sn = flip * scale * torch.cos(phi), flip * scale * torch.sin(phi)
+    return torch.stack([torch.stack([cs, -sn, cx], 1), torch.stack([sn, cs, cy], 1)], 1)
+
+
+def invert_affine(a: torch.Tensor) -> torch.Tensor:
+    """The inverse of (B, 2, 3) affine maps p -> A p + c."""
+    inv = torch.linalg.inv(a[:, :, :2])
+    return torch.cat([inv, -(inv @ a[:, :, 2:])], 2)
+
+
+def warp(x: torch.Tensor, a: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
+    """Resample x on the grid a maps the output onto (bilinear; outside is `fill`). Gradients reach x."""
+    grid = F.affine_grid(a.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+
+
+def canonicalise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) in [-1, 1] -> the same digits moved to their canonical frame (canonical_affine).
+    The frame is computed without gradient; the resampling passes gradients to the pixels."""
+    return warp(x, canonical_affine(x))
+
+
 class MessageDecoder(nn.Module):
     """(B, C, H, W) in [-1, 1] -> (B, bits) logits; positive reads bit 0 (chip +1)."""
 
@@ -75,7 +134,10 @@ class MessageDecoder(nn.Module):
         self.head = nn.Linear(8 * w, cfg.bits)  # global mean and max pooling, concatenated
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(normalise(x))
+        x = normalise(x)
+        if self.config.canonical:
+            x = canonicalise(x)
+        h = self.features(x)
         return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
 
 
@@ -92,9 +154,16 @@ class MessageEncoder(nn.Module):
                                  nn.Conv2d(width, cfg.channels, 3, 1, 1))
 
     def forward(self, x: torch.Tensor, bits: torch.Tensor, strength: float) -> torch.Tensor:
+        """With a canonical decoder the residual is made in the digit's canonical frame and warped back, so
+        encoder and decoder agree on where the mark sits whatever the digit's pose."""
+        a = canonical_affine(normalise(x)) if self.config.canonical else None
+        xc = warp(x, a) if a is not None else x
         m = self.msg(2 * bits.float() - 1).view(-1, 16, 7, 7)
         m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return (x + strength * torch.tanh(self.net(torch.cat([x, m], 1)))).clamp(-1, 1)
+        r = strength * torch.tanh(self.net(torch.cat([xc, m], 1)))
+        if a is not None:
+            r = warp(r, invert_affine(a), fill=0.0)
+        return (x + r).clamp(-1, 1)
 
 
 # ---- the attack layer: real operations forward, straight-through where they have no useful gradient ----
@@ -277,9 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     p.add_argument("--bits", type=int, default=DecoderConfig.bits)
     p.add_argument("--width", type=int, default=DecoderConfig.width)
+    p.add_argument("--canonical", type=int, default=1, help="moment normalisation before the CNN (1, the default) or not (0)")
     a = vars(p.parse_args(argv))
     out = a.pop("out")
-    dcfg = DecoderConfig(bits=a.pop("bits"), width=a.pop("width"))
+    dcfg = DecoderConfig(bits=a.pop("bits"), width=a.pop("width"), canonical=bool(a.pop("canonical")))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     train_decoder(out, TrainConfig(**a), dcfg, log=lambda s: print(s, flush=True))
     return 0

@@ -4,6 +4,7 @@ verify time and the watermark's effect on FID."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,7 @@ def evaluate_watermark(model, schedule, key: WatermarkKey, *, n: int = 500, n_ne
 
 
 def fid_change(model, schedule, key: WatermarkKey, payload: int, *, n: int, seeds: int, scheme: Scheme = Scheme(),
-               seed: int = 0, log=None) -> dict:
+               seed: int = 0, log=None, **kw) -> dict:
     """FID (project classifier features, against the held-out digits) of watermarked and of plain
     samples for `seeds` seeds: the change, and the plain seed-to-seed spread it should stay within."""
     from generator.classifier import load_classifier, predict
@@ -95,8 +96,8 @@ def fid_change(model, schedule, key: WatermarkKey, payload: int, *, n: int, seed
     ref = predict(net, load_dataset("mnist5k", "heldout").images)[0].numpy()
     rows = {"watermarked": [], "plain": []}
     for s in range(seed + 100, seed + 100 + seeds):
-        wm = quantize(generate_watermarked(model, schedule, key, payload, n, scheme=scheme, seed=s)[0])
-        plain = quantize(generate(model, schedule, n, seed=s)[0])
+        wm = quantize(generate_watermarked(model, schedule, key, payload, n, scheme=scheme, seed=s, **kw)[0])
+        plain = quantize(generate(model, schedule, n, seed=s, **kw)[0])
         rows["watermarked"].append(fid(predict(net, wm)[0].numpy(), ref))
         rows["plain"].append(fid(predict(net, plain)[0].numpy(), ref))
         if log:
@@ -125,3 +126,110 @@ def _plot(report: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+HEADLINE = ("clean", *TREE_RING_SIX)  # issue 10's average: clean + the six Tree-Ring attacks
+HELD_OUT_ATTACKS = ("gamma0.5", "jpeg+crop")  # never in the decoder's training: an honest 'unseen edit' check
+
+
+def _held_out_attack(name: str, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    from generator.perturb import jpeg, random_resized_crop
+
+    if name == "gamma0.5":  # a tone curve: x -> x^0.5 on [0, 1] (lifts the dark strokes' edges)
+        return ((x + 1) / 2).clamp(0, 1).pow(0.5) * 2 - 1
+    if name == "jpeg+crop":  # two edits in a row, as uploads see them
+        return jpeg(random_resized_crop(x, g), 50)
+    raise KeyError(name)
+
+
+def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negative: int = 2000,
+                    payload: int = 0xC0FFEE42, alpha: float = 0.01, seed: int = 0, steps: int = 50,
+                    attacks: tuple[str, ...] = tuple(ATTACKS) + HELD_OUT_ATTACKS, fid_seeds: int = 0,
+                    psnr_n: int = 100, decoder: str | None = None, scheme=None, log=None) -> dict:
+    """The fast (no inversion) watermark as `sample --watermark-key` puts it in and `watermark verify`
+    reads it: detection at alpha and at the empirical 1 % FPR, payload bit accuracy, false positives on
+    held-out real digits, unmarked samples and marks under another key (each clean and under every
+    attack), verify throughput, the guided mark's PSNR against the same-seed unmarked sample, class
+    accuracy, the cost of guided sampling and, with fid_seeds, the FID change against the seed spread."""
+    from generator.classifier import predict
+    from generator.evaluate import heldout_reference
+    from watermark.guided import GuidedScheme, decode_logits, decoder_and_center, make_hook, read_logits
+
+    log = log or (lambda s: None)
+    scheme = scheme or GuidedScheme()
+    # marks under other keys: the p-value is uniform over keys, not for one fixed pair (two fixed codewords
+    # overlap by a fixed amount), so the 'other key' negatives come from many keys, a few images each
+    others_keys = [WatermarkKey(key.stream(f"eval/other-key/{i}", 32)) for i in range(max(1, n // 5))]
+    kw = dict(steps=steps, precision="auto")
+    t0 = time.time()
+    plain_small, labels_small = generate(model, schedule, psnr_n, seed=seed, **kw)
+    t_plain = time.time() - t0
+    t0 = time.time()
+    guided_small, _ = generate(model, schedule, psnr_n, seed=seed, x0_hook=make_hook(key, payload, psnr_n, scheme, decoder, seed), **kw)
+    t_guided = time.time() - t0
+    mse = ((quantize(guided_small) - quantize(plain_small)) / 2).pow(2).flatten(1).mean(1)
+    marked, labels = generate_watermarked(model, schedule, key, payload, n, seed=seed, guided=scheme, **kw)
+    marked = quantize(marked)
+    per = -(-n // len(others_keys))
+    others = quantize(torch.cat([generate_watermarked(model, schedule, k, payload, per, seed=seed + 1 + i, guided=scheme,
+                                                      **kw)[0] for i, k in enumerate(others_keys)])[:n])
+    held = load_dataset("mnist5k", "heldout").images
+    unmarked = quantize(generate(model, schedule, max(0, n_negative - len(held)), seed=seed + 2, **kw)[0])
+    net, _ = heldout_reference()
+    report: dict = {"n": n, "alpha": alpha, "steps": steps, "scheme": dict(scheme.__dict__),
+                    "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+                    "n_negative": {"real": len(held), "unmarked": len(unmarked), "other_key": n,
+                                   "other_keys": len(others_keys)},
+                    "guided_cost_ratio": t_guided / t_plain,
+                    "psnr_db_guided_vs_same_seed": float((10 * torch.log10(1 / mse.clamp(min=1e-10))).mean()),
+                    "class_accuracy_marked": float((predict(net, marked)[1].argmax(1) == labels).float().mean()),
+                    "attacks": {}}
+    log(f"cost x{report['guided_cost_ratio']:.2f}, PSNR {report['psnr_db_guided_vs_same_seed']:.1f} dB, "
+        f"class accuracy {report['class_accuracy_marked']:.3f}")
+    _, cal = decoder_and_center(decoder)
+    g = torch.Generator().manual_seed(seed + 3)
+    neg_p = {"real": [], "unmarked": [], "other_key": []}
+    t_dec, n_dec = 0.0, 0
+    for name in attacks:
+        att = ATTACKS.get(name) or (lambda x, gg, _n=name: _held_out_attack(_n, x, gg))
+        sets = {k: quantize(att(v, g)) for k, v in
+                (("marked", marked), ("real", held), ("unmarked", unmarked), ("other_key", others))}
+        t0 = time.time()
+        logits = {k: decode_logits(v, decoder) for k, v in sets.items()}
+        t_dec += time.time() - t0
+        n_dec += sum(len(v) for v in sets.values())
+        reads = {k: read_logits(v, cal, key, scheme) for k, v in logits.items()}
+        p = {k: np.array([r.p_value for r in v]) for k, v in reads.items()}
+        alt = {}  # the other zero-bit statistic on the same logits, for the record
+        for stat in ("binomial", "sign"):
+            if stat != scheme.statistic:
+                pa = {k: np.array([r.p_value for r in read_logits(v, cal, key, replace(scheme, statistic=stat))])
+                      for k, v in logits.items()}
+                alt[stat] = {"tpr_at_alpha": float((pa["marked"] < alpha).mean()),
+                             "fpr_at_alpha": {k: float((pa[k] < alpha).mean()) for k in neg_p}}
+        for k in neg_p:
+            neg_p[k].append(p[k])
+        neg = -np.log10(np.concatenate([p[k] for k in neg_p]))
+        truth = np.unpackbits(np.frombuffer(payload.to_bytes(4, "big"), dtype=np.uint8))
+        acc = [float((np.array([int(c) for c in f"{int(r.decoded_payload, 16):032b}"]) == truth).mean())
+               for r in reads["marked"]]
+        report["attacks"][name] = {
+            "tpr_at_alpha": float((p["marked"] < alpha).mean()),
+            "tpr_at_empirical_1pct_fpr": tpr_at_fpr(neg, -np.log10(p["marked"])),
+            "fpr_at_alpha": {k: float((p[k] < alpha).mean()) for k in neg_p},
+            "bit_accuracy": float(np.mean(acc)),
+            "payload_exact": float(np.mean([r.payload == f"{payload:08x}" for r in reads["marked"]])),
+            "held_out_attack": name in HELD_OUT_ATTACKS, "other_statistic": alt}
+        log(f"{name}: {report['attacks'][name]}")
+    head = [a for a in HEADLINE if a in report["attacks"]]
+    if head:
+        report["mean_tpr_headline"] = float(np.mean([report["attacks"][a]["tpr_at_alpha"] for a in head]))
+        report["mean_bit_accuracy_headline"] = float(np.mean([report["attacks"][a]["bit_accuracy"] for a in head]))
+    allp = {k: np.concatenate(v) for k, v in neg_p.items()}
+    report["fpr_at_alpha_all_conditions"] = {k: float((v < alpha).mean()) for k, v in allp.items()}
+    report["fpr_at_alpha_all_conditions"]["n"] = int(sum(len(v) for v in allp.values()))
+    report["verify_images_per_second"] = n_dec / t_dec
+    if fid_seeds:
+        report["fid"] = fid_change(model, schedule, key, payload, n=n, seeds=fid_seeds, seed=seed, log=log,
+                                   guided=scheme, **kw)
+    return report
