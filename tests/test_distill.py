@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from generator.checkpoint import WEIGHTS_NAME, load_model
-from generator.distill import DistillConfig, distill, distill_loss, distill_target, make_student
+from generator.distill import (DistillConfig, consistency_loss, distill, distill_loss, distill_target, make_student,
+                               pseudo_huber)
 from generator.errors import GuardError
 from generator.pipeline import generate
 from generator.samplers import ddim_step, guided_eps, timesteps_for
@@ -112,6 +113,43 @@ def test_a_round_of_distillation_lowers_the_loss(teacher, digits):
         loss.backward()
         opt.step()
     assert held_loss() < 0.5 * before
+
+
+def test_consistency_loss_is_zero_when_student_and_target_agree_with_the_ode():
+    """The consistency target at the last pair is the teacher's own clean step (the boundary f(x, 0) = x),
+    and the distance is the pseudo-Huber one: 0 at 0, L2-like near it, linear far out."""
+    d = torch.zeros(3, 1, 8, 8)
+    assert torch.allclose(pseudo_huber(d), torch.zeros(3))
+    d[1, 0, 0, 0], d[2] = 1e-4, 10.0
+    h = pseudo_huber(d)
+    c = 0.00054 * 8
+    assert h[1] == pytest.approx(1e-8 / (2 * c), rel=1e-2) and h[2] == pytest.approx(80 - c, rel=1e-3)
+
+
+def test_consistency_distillation_lowers_its_loss(teacher, digits):
+    model, schedule = teacher
+    student = make_student(model, schedule).train()
+    target = make_student(model, schedule).requires_grad_(False)
+    cfg = DistillConfig(method="consistency", steps=2, teacher_steps=8, precision="fp32", batch_size=32)
+    x, y = digits.images[:64], digits.labels[:64]
+
+    def held_loss() -> float:
+        with torch.no_grad():
+            return consistency_loss(student, target, model, schedule, x, y, cfg, torch.Generator().manual_seed(7)).item()
+
+    before = held_loss()
+    opt = torch.optim.Adam(student.unet.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        idx = torch.randint(0, len(digits), (32,), generator=gen)
+        loss = consistency_loss(student, target, model, schedule, digits.images[idx], digits.labels[idx], cfg, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for p_t, p in zip(target.unet.parameters(), student.unet.parameters()):
+                p_t.lerp_(p, 1 - cfg.target_decay)
+    assert held_loss() < 0.7 * before
 
 
 def test_saved_student_loads_from_safetensors_and_samples_deterministically(trained_tiny, tmp_path):

@@ -157,13 +157,14 @@ def watermarked_noise(codec: Codec, payload: int, n: int, generator: torch.Gener
 
 
 def generate_watermarked(model: torch.nn.Module, schedule, key: WatermarkKey, payload: int, n: int, *,
-                         scheme: Scheme = Scheme(), seed: int = 0, guided=True,
+                         scheme: Scheme = Scheme(), seed: int = 0, guided=True, decoder: str | None = None,
                          **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Generate n watermarked images with deterministic DDIM (eta = 0, so inversion can find x_T).
 
     Both marks by default: the keyed x_T (Gaussian Shading, read by inversion) and, where the bundled
     decoder reads the model's images, the guided codeword (watermark.guided, read without inversion).
-    `guided`: True (where it applies), False, or a watermark.guided.GuidedScheme."""
+    `guided`: True (where it applies), False, or a watermark.guided.GuidedScheme; `decoder`: a decoder
+    folder other than the bundled one."""
     from generator.pipeline import generate
     from watermark.guided import GuidedScheme, guided_applies, make_hook
 
@@ -173,6 +174,6 @@ def generate_watermarked(model: torch.nn.Module, schedule, key: WatermarkKey, pa
     codec = Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size), scheme)
     x_T = watermarked_noise(codec, payload, n, torch.Generator().manual_seed(seed))
     hook = None
-    if guided is not False and guided_applies(codec.shape):
-        hook = make_hook(key, payload, n, guided if isinstance(guided, GuidedScheme) else GuidedScheme(), seed=seed)
+    if guided is not False and guided_applies(codec.shape, decoder):
+        hook = make_hook(key, payload, n, guided if isinstance(guided, GuidedScheme) else GuidedScheme(), decoder, seed)
     return generate(model, schedule, n, x_T=x_T, seed=seed, x0_hook=hook, **kw)

@@ -86,7 +86,7 @@ def evaluate_watermark(model, schedule, key: WatermarkKey, *, n: int = 500, n_ne
 
 
 def fid_change(model, schedule, key: WatermarkKey, payload: int, *, n: int, seeds: int, scheme: Scheme = Scheme(),
-               seed: int = 0, log=None, **kw) -> dict:
+               seed: int = 0, log=None, guided=True, decoder: str | None = None, **kw) -> dict:
     """FID (project classifier features, against the held-out digits) of watermarked and of plain
     samples for `seeds` seeds: the change, and the plain seed-to-seed spread it should stay within."""
     from generator.classifier import load_classifier, predict
@@ -96,7 +96,8 @@ def fid_change(model, schedule, key: WatermarkKey, payload: int, *, n: int, seed
     ref = predict(net, load_dataset("mnist5k", "heldout").images)[0].numpy()
     rows = {"watermarked": [], "plain": []}
     for s in range(seed + 100, seed + 100 + seeds):
-        wm = quantize(generate_watermarked(model, schedule, key, payload, n, scheme=scheme, seed=s, **kw)[0])
+        wm = quantize(generate_watermarked(model, schedule, key, payload, n, scheme=scheme, seed=s, guided=guided,
+                                           decoder=decoder, **kw)[0])
         plain = quantize(generate(model, schedule, n, seed=s, **kw)[0])
         rows["watermarked"].append(fid(predict(net, wm)[0].numpy(), ref))
         rows["plain"].append(fid(predict(net, plain)[0].numpy(), ref))
@@ -168,11 +169,11 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     guided_small, _ = generate(model, schedule, psnr_n, seed=seed, x0_hook=make_hook(key, payload, psnr_n, scheme, decoder, seed), **kw)
     t_guided = time.time() - t0
     mse = ((quantize(guided_small) - quantize(plain_small)) / 2).pow(2).flatten(1).mean(1)
-    marked, labels = generate_watermarked(model, schedule, key, payload, n, seed=seed, guided=scheme, **kw)
+    marked, labels = generate_watermarked(model, schedule, key, payload, n, seed=seed, guided=scheme, decoder=decoder, **kw)
     marked = quantize(marked)
     per = -(-n // len(others_keys))
     others = quantize(torch.cat([generate_watermarked(model, schedule, k, payload, per, seed=seed + 1 + i, guided=scheme,
-                                                      **kw)[0] for i, k in enumerate(others_keys)])[:n])
+                                                      decoder=decoder, **kw)[0] for i, k in enumerate(others_keys)])[:n])
     held = load_dataset("mnist5k", "heldout").images
     unmarked = quantize(generate(model, schedule, max(0, n_negative - len(held)), seed=seed + 2, **kw)[0])
     net, _ = heldout_reference()
@@ -231,5 +232,5 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     report["verify_images_per_second"] = n_dec / t_dec
     if fid_seeds:
         report["fid"] = fid_change(model, schedule, key, payload, n=n, seeds=fid_seeds, seed=seed, log=log,
-                                   guided=scheme, **kw)
+                                   guided=scheme, decoder=decoder, **kw)
     return report
