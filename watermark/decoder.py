@@ -323,15 +323,54 @@ def save_decoder(out: Path, dec: MessageDecoder, extra: dict) -> None:
     atomic_write_bytes(out / "decoder.json", json.dumps({"decoder": asdict(dec.config), **extra}, indent=1).encode())
 
 
-def load_decoder(path: str | Path | None = None) -> tuple[MessageDecoder, dict]:
-    """The decoder and its JSON record (config, training, and the calibration watermark.guided stores)."""
+class DecoderEnsemble(nn.Module):
+    """Several decoders reading the same codeword, each its own copy: (B, bits * copies) logits. A
+    plain decoder holds up under crops, noise and brightness, a canonical one under rotation; together
+    the mark is guided toward what both read, and the zero-bit test sums their chips."""
+
+    def __init__(self, members: list[MessageDecoder]):
+        super().__init__()
+        if len({(m.config.bits, m.config.image_size, m.config.channels) for m in members}) != 1:
+            raise GuardError("ensemble members must read the same codeword length and image shape")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+        self.copies = len(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(x) for m in self.members], 1)
+
+
+def combine_decoders(dirs: list[str | Path], out: str | Path) -> Path:
+    """One decoder folder holding the given decoders as an ensemble (their training records kept)."""
+    from safetensors.torch import save_file
+
+    from generator.fsutil import atomic_write_bytes
+
+    members = [load_decoder(d) for d in dirs]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({f"members.{i}.{k}": v.contiguous() for i, (dec, _) in enumerate(members) for k, v in dec.state_dict().items()},
+              str(out / "decoder.safetensors"))
+    record = {"decoder": asdict(members[0][0].config), "members": [asdict(dec.config) for dec, _ in members],
+              "member_train": [rec.get("train") for _, rec in members], "combined_from": [str(d) for d in dirs]}
+    atomic_write_bytes(out / "decoder.json", json.dumps(record, indent=1).encode())
+    return out
+
+
+def load_decoder(path: str | Path | None = None) -> tuple[nn.Module, dict]:
+    """The decoder (a MessageDecoder or a DecoderEnsemble; `.copies` says how many copies of the codeword
+    it reads) and its JSON record (config, training, and the calibration watermark.guided stores)."""
     from safetensors.torch import load_file
 
     d = Path(path) if path is not None else WEIGHTS
     if not (d / "decoder.json").is_file() or not (d / "decoder.safetensors").is_file():
         raise GuardError(f"{d}: no watermark decoder (decoder.json + decoder.safetensors) there")
     record = json.loads((d / "decoder.json").read_text())
-    dec = MessageDecoder(DecoderConfig(**record["decoder"]))
+    if "members" in record:
+        dec = DecoderEnsemble([MessageDecoder(DecoderConfig(**c)) for c in record["members"]])
+    else:
+        dec = MessageDecoder(DecoderConfig(**record["decoder"]))
+        dec.copies = 1
     dec.load_state_dict(load_file(str(d / "decoder.safetensors")))
     return dec.eval().requires_grad_(False), record
 
@@ -339,6 +378,8 @@ def load_decoder(path: str | Path | None = None) -> tuple[MessageDecoder, dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m watermark.decoder")
     p.add_argument("--out", required=True)
+    p.add_argument("--combine", nargs="+", default=None, metavar="DECODER_DIR",
+                   help="instead of training: put these trained decoders together as one ensemble in --out")
     for f in TrainConfig.__dataclass_fields__.values():
         if f.name == "max_minutes":
             p.add_argument("--max-minutes", type=float, default=None)
@@ -349,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--canonical", type=int, default=1, help="moment normalisation before the CNN (1, the default) or not (0)")
     a = vars(p.parse_args(argv))
     out = a.pop("out")
+    if a["combine"]:
+        combine_decoders(a["combine"], out)
+        return 0
+    a.pop("combine")
     dcfg = DecoderConfig(bits=a.pop("bits"), width=a.pop("width"), canonical=bool(a.pop("canonical")))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     train_decoder(out, TrainConfig(**a), dcfg, log=lambda s: print(s, flush=True))

@@ -75,8 +75,8 @@ class Calibration:
     """The decoder's behaviour on unmarked images (clean and attacked), key-independent: per-chip
     logit medians, and the second moments of the centred chip signs, which give each key's null
     variance of the agreement."""
-    center: torch.Tensor  # (bits,)
-    sign_cov: torch.Tensor  # (bits, bits)
+    center: torch.Tensor  # (bits * copies,)
+    sign_cov: torch.Tensor  # (bits * copies, bits * copies)
 
 
 @lru_cache(maxsize=4)
@@ -134,7 +134,7 @@ def make_hook(key: WatermarkKey, payload: int, n: int, scheme: GuidedScheme = Gu
     toward one key's codeword for `payload`."""
     dec, cal = decoder_and_center(decoder)
     check_scheme(dec, scheme)
-    cw = codeword(key, payload, scheme)
+    cw = codeword(key, payload, scheme).repeat(dec.copies)  # every member reads its own copy
     center = cal.center.float()
     gen = torch.Generator().manual_seed(seed + 7919)
 
@@ -149,7 +149,7 @@ def make_hook(key: WatermarkKey, payload: int, n: int, scheme: GuidedScheme = Gu
 @dataclass
 class GuidedReading:
     p_value: float  # zero-bit test, uncorrected (one key)
-    agreements: int  # of the zero_bits keyed chips
+    agreements: int  # of the zero_bits keyed chips, summed over the decoder's copies
     payload: str | None  # hex, when the tag confirms it
     payload_valid: bool
     decoded_payload: str  # hex, whatever the tag says
@@ -157,31 +157,38 @@ class GuidedReading:
 
 def zero_bit_test(logits: torch.Tensor, cal: Calibration, key: WatermarkKey,
                   scheme: GuidedScheme = GuidedScheme()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(p-values, agreements, read bits (B, bits) with the key stream removed) for (B, bits) logits."""
+    """(p-values, agreements, read bits (B, bits) with the key stream removed) for (B, bits * copies)
+    logits. The zero-bit statistic sums every copy's chips; the payload bits sum the copies' centred
+    logits before taking signs."""
     from scipy.stats import binom, norm
 
-    z = scheme.zero_bits
-    hard = ((logits.double() - cal.center) < 0).numpy().astype(np.uint8)  # chip -1 reads bit 1
-    bits = hard ^ key.bits("v2/stream", scheme.bits)[None]
-    zero = key.bits("v2/zero", z)
-    agree = (bits[:, :z] == zero[None]).sum(1)
+    z, nb = scheme.zero_bits, scheme.bits
+    copies = logits.shape[1] // nb
+    centred = logits.double() - cal.center
+    hard = (centred < 0).numpy().astype(np.uint8)  # chip -1 reads bit 1
+    stream, zero = key.bits("v2/stream", nb), key.bits("v2/zero", z)
+    zero_idx = np.concatenate([c * nb + np.arange(z) for c in range(copies)])
+    agree = (hard[:, zero_idx] == np.tile(zero ^ stream[:z], copies)[None]).sum(1)
+    n = z * copies
     # U: a hash of the read chips, so one image always gets one p-value
     u = np.array([int.from_bytes(hashlib.sha256(row.tobytes()).digest()[:8], "big") for row in hard]) / 2.0 ** 64
     if scheme.statistic == "binomial":  # randomised tail P(M > m) + U P(M = m): uniform if chips are fair coins
-        p = binom.sf(agree, z, 0.5) + u * binom.pmf(agree, z, 0.5)
+        p = binom.sf(agree, n, 0.5) + u * binom.pmf(agree, n, 0.5)
     elif scheme.statistic == "sign":  # the signed agreement over its null sd sqrt(s' C s), spread over its lattice step
-        s = torch.from_numpy(1.0 - 2.0 * (zero ^ key.bits("v2/stream", scheme.bits)[:z]).astype(np.float64))
-        sd = float(s @ cal.sign_cov[:z, :z] @ s) ** 0.5
-        p = norm.sf((2 * agree - z - 1 + 2 * u) / sd)
+        s = torch.from_numpy(np.tile(1.0 - 2.0 * (zero ^ stream[:z]).astype(np.float64), copies))
+        sd = float(s @ cal.sign_cov[zero_idx][:, zero_idx] @ s) ** 0.5
+        p = norm.sf((2 * agree - n - 1 + 2 * u) / sd)
     else:
         raise GuardError(f"unknown watermark statistic {scheme.statistic!r}")
+    summed = centred.view(len(centred), copies, nb).sum(1)
+    bits = (summed < 0).numpy().astype(np.uint8) ^ stream[None]
     return np.maximum(p, 1e-300), agree, bits
 
 
 def read_logits(logits: torch.Tensor, cal: Calibration, key: WatermarkKey,
                 scheme: GuidedScheme = GuidedScheme()) -> list[GuidedReading]:
-    """Score (B, bits) decoder logits against one key: the zero-bit p-value (scheme.statistic) and the
-    payload with its tag."""
+    """Score (B, bits * copies) decoder logits against one key: the zero-bit p-value (scheme.statistic)
+    and the payload with its tag."""
     p, agree, bits = zero_bit_test(logits, cal, key, scheme)
     z, pb = scheme.zero_bits, scheme.payload_bits
     out = []
