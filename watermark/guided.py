@@ -43,7 +43,9 @@ class GuidedScheme:
     tag_bits: int = 8
     start: int = 300  # guide the DDIM steps with t <= start (WaDiff trains its loss for t <= 400)
     iters: int = 2  # gradient steps on x0 per guided DDIM step
-    step_size: float = 0.02  # rms of each step on x0, in [-1, 1] pixel units
+    # rms of each step on x0, in [-1, 1] pixel units. Measured on the development key (first decoder, n = 200):
+    # 0.02 -> mean TPR over clean + the six attacks 0.55 at 36 dB PSNR; 0.05 -> 0.72 at 28 dB, class accuracy 1.0
+    step_size: float = 0.05
     eot: int = 4  # attacked copies of x0 averaged per gradient
     margin: float = 3.0  # hinge: a chip stops pulling once its centred logit agrees by this much
     # zero-bit test. "sign": the agreement count over its null standard deviation for this key, from the chips'
