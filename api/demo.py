@@ -40,7 +40,7 @@ def run_demo(out: str | Path, n_watermarked: int = 8, n_real: int = 4, seed: int
     key = load_key(key_path) if key_path.exists() else new_key_file(key_path)
     model, schedule, _ = load_model()
     wm, labels = generate_watermarked(model, schedule, key, parse_payload(DEMO_PAYLOAD), n_watermarked, seed=seed,
-                                      precision="auto")
+                                      precision="auto", guided=True)  # both marks: the edited copies need the guided one
     files = [("watermarked", p) for p in write_samples(wm, out / "watermarked", labels)]
     from generator.perturb import random_resized_crop
 

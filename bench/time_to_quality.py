@@ -160,14 +160,15 @@ def main() -> None:
                               "speedup_ours_vs_diffusers_best": (theirs_best["seconds"] / ours_best["seconds"])
                               if ours_best and theirs_best else None}
     if a.write_fast and base is not None:
-        ok = [r for r in rows.values() if r["system"] == "ours-student" and r["fid"] <= base + 5
+        ok = [r for r in rows.values() if r["system"] in ("ours-student", "ours-consistency") and r["fid"] <= base + 5
               and r["class_accuracy"] >= 0.97]
         if not ok:
             print(f"no student within +5 of DDIM-50's FID {base:.2f}; {a.write_fast} not written", flush=True)
         else:
             r = min(ok, key=lambda r: r["seconds"])
             target = Path(a.write_fast)
-            save_json({"checkpoint": os.path.relpath(student_dirs[r["steps"]].resolve(), target.parent.resolve()),
+            folder = Path(a.consistency) if r["system"] == "ours-consistency" else student_dirs[r["steps"]]
+            save_json({"checkpoint": os.path.relpath(folder.resolve(), target.parent.resolve()),
                        "sampler": "ddim", "steps": r["steps"], "guidance": a.student_guidance, "fid": r["fid"],
                        "class_accuracy": r["class_accuracy"], "reference": "ours-ddim-50", "reference_fid": base,
                        "speedup_vs_reference": rows["ours-ddim-50"]["seconds"] / r["seconds"], "n": a.n,

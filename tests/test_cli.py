@@ -166,7 +166,10 @@ def test_demo_creates_its_output_folder(tmp_path):
     marked = [row for row in rows if row["truth"] == "watermarked"]
     # a fresh random key each run and ~80 % clean detection (BENCHMARKS.md): P(fewer than 3 of 8) ~ 1e-3
     assert len(marked) == 8 and sum(row["watermarked"] for row in marked) >= 3
-    others = [row for row in rows if row["truth"] != "watermarked"]
+    edited = [row for row in rows if row["truth"].startswith("watermarked, ")]
+    # the guided mark survives the demo's JPEG q50 re-save and square crop (measured 0.84-1.0 for such edits)
+    assert len(edited) == 2 and sum(bool(row["watermarked"]) for row in edited) >= 1
+    others = [row for row in rows if not row["truth"].startswith("watermarked")]
     assert len(others) == 5 and sum(bool(row["watermarked"]) for row in others) <= 1  # 1 % false positives each
     (tmp_path / "file").write_text("x")
     r = run("demo", "--out", str(tmp_path / "file"))

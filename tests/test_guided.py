@@ -136,7 +136,7 @@ def test_bundled_guided_mark_survives_jpeg_rotation_and_a_square_crop_without_in
     from watermark.embed import generate_watermarked
 
     model, schedule, _ = load_model(device="cpu")
-    x, _ = generate_watermarked(model, schedule, KEY, 0xABCD0123, 6, seed=0, steps=50)
+    x, _ = generate_watermarked(model, schedule, KEY, 0xABCD0123, 6, seed=0, steps=50, guided=True)
     x = quantize(x)
     plain = quantize(generate(model, schedule, 6, seed=0, steps=50)[0])
     g = torch.Generator().manual_seed(0)

@@ -174,11 +174,11 @@ def test_end_to_end_with_bundled_model(key):
     from watermark.verify import verify_images
 
     model, schedule, _ = load_model(device="cpu")
-    x, _ = generate_watermarked(model, schedule, key, 0xABCD0123, 4, seed=0, steps=50)
+    x, _ = generate_watermarked(model, schedule, key, 0xABCD0123, 4, seed=0, steps=50, guided=True)
     x = jpeg(x, 50)  # saved and re-encoded as JPEG q50
-    mine = verify_images(x, {"k": key}, model, schedule, deep=False)
+    mine = verify_images(x, {"k": key}, model, schedule, deep=False, guided=True)
     assert sum(r["detected"] for r in mine) >= 3, [r["p_value"] for r in mine]
-    theirs = verify_images(x, {"other": WatermarkKey(bytes(32))}, model, schedule, deep=False)
+    theirs = verify_images(x, {"other": WatermarkKey(bytes(32))}, model, schedule, deep=False, guided=True)
     assert not any(r["detected"] for r in theirs)
 
 

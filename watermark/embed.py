@@ -157,14 +157,15 @@ def watermarked_noise(codec: Codec, payload: int, n: int, generator: torch.Gener
 
 
 def generate_watermarked(model: torch.nn.Module, schedule, key: WatermarkKey, payload: int, n: int, *,
-                         scheme: Scheme = Scheme(), seed: int = 0, guided=True, decoder: str | None = None,
+                         scheme: Scheme = Scheme(), seed: int = 0, guided=False, decoder: str | None = None,
                          **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Generate n watermarked images with deterministic DDIM (eta = 0, so inversion can find x_T).
 
-    Both marks by default: the keyed x_T (Gaussian Shading, read by inversion) and, where the bundled
-    decoder reads the model's images, the guided codeword (watermark.guided, read without inversion).
-    `guided`: True (where it applies), False, or a watermark.guided.GuidedScheme; `decoder`: a decoder
-    folder other than the bundled one."""
+    The keyed x_T (Gaussian Shading, read by inversion) always; with `guided` (True, or a
+    watermark.guided.GuidedScheme) also the guided codeword where the decoder reads the model's images
+    (watermark.guided, read without inversion). Off by default: at the measured strength it survives
+    edits but costs sample quality (BENCHMARKS.md, "Watermark v2"). `decoder`: a decoder folder other
+    than the bundled one."""
     from generator.pipeline import generate
     from watermark.guided import GuidedScheme, guided_applies, make_hook
 

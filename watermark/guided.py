@@ -55,6 +55,11 @@ class GuidedScheme:
     # training negatives). A soft statistic (standardised logits projected on the key) was measured and dropped:
     # a strong mark under another key inflates its variance, 22 % false positives after JPEG q25.
     statistic: str = "sign"
+    # edit only the strokes and a one-pixel rim (x0 above this level, dilated); None edits everywhere. Measured on
+    # the development key: everywhere paints a faint grey texture over the black background (FID 208 against 40
+    # plain, n = 300); strokes only keeps less of the mark (mean TPR 0.67 -> 0.18) and still costs FID (112 against
+    # 61, n = 100), because the bundled decoder learned from an encoder that wrote everywhere
+    stroke_level: float | None = None
 
     @property
     def bits(self) -> int:
@@ -119,12 +124,17 @@ def guide_x0(x0: torch.Tensor, chips: torch.Tensor, dec: MessageDecoder, center:
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(dev.type, enabled=False):
         x = x0.detach().float().clone().cpu()
         c, ctr = chips.cpu(), center.cpu()
+        mask = None
+        if scheme.stroke_level is not None:
+            mask = F.max_pool2d((x > scheme.stroke_level).float(), 3, 1, 1)
         for _ in range(scheme.iters):
             x.requires_grad_(True)
             copies = attack_layer(x.repeat(scheme.eot, 1, 1, 1), gen, identity_share=1.0 / scheme.eot)
             logits = dec(copies) - ctr
             loss = F.softplus(scheme.margin - c.repeat(scheme.eot, 1) * logits).mean()
             (g,) = torch.autograd.grad(loss, x)
+            if mask is not None:
+                g = g * mask
             rms = g.flatten(1).pow(2).mean(1).sqrt().clamp(min=1e-12).view(-1, 1, 1, 1)
             x = (x.detach() - scheme.step_size * g / rms).clamp(-1, 1)
     return x.to(dev, x0.dtype)

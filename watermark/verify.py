@@ -26,11 +26,12 @@ DEFAULT_STEPS = 10  # DDIM inversion steps; chosen by measurement (BENCHMARKS.md
 
 
 def verify_files(paths: list[str], key: WatermarkKey, *, checkpoint: str | None = None, alpha: float = 0.01,
-                 steps: int | None = None, search: bool = False, scheme: Scheme = Scheme(), deep: bool = False,
+                 steps: int | None = None, search: bool = False, scheme: Scheme = Scheme(), deep: bool = True,
                  progress: bool = False, batch_size: int = 256) -> list[dict]:
     """One dict per image: {path, watermarked, p_value, payload, payload_valid, bit_errors_corrected,
     zero_bit_agreement, p_guided, p_latent, candidate} or {path, error} for a file that could not be
-    read. Unreadable files don't stop the run. `deep` (or `search`) adds the inversion."""
+    read. Unreadable files don't stop the run. Both readers by default; `deep=False` reads only the
+    guided mark (no inversion: for images made with the guided mark)."""
     if not 0 < alpha < 1:
         raise GuardError(f"--alpha must be between 0 and 1, got {alpha}")
     model, schedule, _ = load_model(checkpoint)
@@ -91,11 +92,11 @@ def ring_codec(key: WatermarkKey, shape: tuple[int, int, int], scheme: Scheme) -
 
 def verify_images(images: torch.Tensor, keys: dict[str, WatermarkKey], model: torch.nn.Module, schedule, *,
                   alpha: float = 0.01, steps: int | None = None, scheme: Scheme = Scheme(),
-                  batch_size: int = 128, deep: bool = True) -> list[dict]:
+                  batch_size: int = 128, deep: bool = True, guided: bool = False) -> list[dict]:
     """Test (B, C, H, W) decoded images in [-1, 1] against a key ring {label: key} in one pass: the
-    decoder runs once per image and every key reads its logits (Sidak over the keys); with `deep`
-    (the scan's default: outputs of the applications carry only the x_T mark) the inversion runs
-    once per image too (`watermark.detect.verify` with a ring, Sidak over every nonce of every key).
+    inversion runs once per image (the x_T mark, which every marked output carries); with `guided` the
+    decoder also runs once per image and every key reads its logits (Sidak over the keys), and
+    `deep=False` then skips the inversion (`watermark.detect.verify` with a ring, Sidak over every nonce of every key).
     The two readers' p-values combine by Sidak, so the ring as a whole keeps its false-positive rate
     at alpha. One dict per image: {detected, p_value, key_label, payload, payload_valid,
     bit_errors_corrected}."""
@@ -109,7 +110,7 @@ def verify_images(images: torch.Tensor, keys: dict[str, WatermarkKey], model: to
     cfg = model.config
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     x = fit_to(images, shape)
-    fast = guided_applies(shape)
+    fast = guided and guided_applies(shape)
     deep = deep or not fast
     n = len(x)
     guided: list[tuple[float, str | None, object]] = [(1.0, None, None)] * n
