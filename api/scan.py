@@ -105,7 +105,7 @@ def _watermarks(fitted: Callable[[tuple], torch.Tensor], n: int, scanner: Scanne
     cfg = scanner.model.config
     x = fitted((cfg.in_channels, cfg.image_size, cfg.image_size))
     out = []
-    for v in verify_images(x, scanner.keys, scanner.model, scanner.schedule, alpha=scanner.alpha):
+    for v in verify_images(x, scanner.keys, scanner.model, scanner.schedule, alpha=scanner.alpha, guided=True):
         account = None
         if v["payload_valid"] and scanner.account_name is not None:
             account = scanner.account_name(int(v["payload"], 16))
