@@ -141,14 +141,16 @@ def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
     return p
 
 
-def save_jpeg(x: torch.Tensor, path: str | os.PathLike, quality: int = 75) -> Path:
-    """Write a (C, H, W) tensor in [-1, 1] as JPEG at `quality`, atomically: a platform's re-save."""
-    import io
-
+def encode_jpeg(x: torch.Tensor, quality: int = 75) -> bytes:
     buf = io.BytesIO()
     to_pil(x).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def save_jpeg(x: torch.Tensor, path: str | os.PathLike, quality: int = 75) -> Path:
+    """Write a (C, H, W) tensor in [-1, 1] as JPEG at `quality`, atomically: a platform's re-save."""
     p = Path(path)
-    atomic_write_bytes(p, buf.getvalue())
+    atomic_write_bytes(p, encode_jpeg(x, quality))
     return p
 
 

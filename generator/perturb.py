@@ -9,13 +9,14 @@ encoder and back through the project's safe decoder.
 
 from __future__ import annotations
 
-import io
 import math
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from generator.image_io import decode_image, to_pil, to_tensor
+from generator.image_io import decode_image, encode_jpeg, to_tensor
 
 def _to01(x: torch.Tensor) -> torch.Tensor:
     return (x + 1) / 2
@@ -30,12 +31,12 @@ def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
     return TF.rotate(x, degrees, interpolation=TF.InterpolationMode.BILINEAR, fill=-1.0).clamp(-1, 1)
 
 
-def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    out = []
-    for img in x:
-        buf = io.BytesIO()
-        to_pil(img).save(buf, format="JPEG", quality=quality)
-        out.append(to_tensor(decode_image(buf.getvalue(), mode="L" if img.shape[0] == 1 else "RGB")))
+def jpeg(x: torch.Tensor, quality: int | Sequence[int]) -> torch.Tensor:
+    """A real JPEG round trip through the project's encoder and safe decoder; `quality` is one value or
+    one per image."""
+    qs = [quality] * len(x) if isinstance(quality, int) else [int(q) for q in quality]
+    out = [to_tensor(decode_image(encode_jpeg(img, q), mode="L" if img.shape[0] == 1 else "RGB"))
+           for img, q in zip(x, qs)]
     return torch.stack(out)
 
 

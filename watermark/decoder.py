@@ -12,7 +12,6 @@ process (watermark.guided), which steers x0 toward images the decoder reads as t
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import sys
@@ -23,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from generator.errors import GuardError
+from generator.perturb import jpeg, median_filter, resize_and_back
 
 WEIGHTS = Path(__file__).parent / "weights" / "decoder"
 
@@ -173,20 +172,9 @@ def _st(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x + (y - x).detach()
 
 
-def _jpeg01(x: torch.Tensor, qualities: torch.Tensor) -> torch.Tensor:
-    out = []
-    for img, q in zip(x.detach().clamp(0, 1), qualities.tolist()):
-        arr = (img[0].numpy() * 255).round().astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr, "L").save(buf, format="JPEG", quality=int(q))
-        buf.seek(0)
-        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("L"), dtype=np.float32) / 255)[None])
-    return torch.stack(out)
-
-
-def _median01(x: torch.Tensor) -> torch.Tensor:
-    p = F.pad(x, (1, 1, 1, 1), mode="reflect").unfold(2, 3, 1).unfold(3, 3, 1)
-    return p.reshape(*x.shape, 9).median(-1).values
+def _in01(fn, x01: torch.Tensor, *args) -> torch.Tensor:
+    """A generator.perturb operation (on [-1, 1]) applied to [0, 1] pixels."""
+    return (fn(x01 * 2 - 1, *args) + 1) / 2
 
 
 def _blur01(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -220,7 +208,7 @@ def attack_layer(x: torch.Tensor, gen: torch.Generator, identity_share: float = 
     as the robustness suite does (watermark.attacks) but with random strengths over wider ranges:
     rotation up to +-90 degrees, crops of 0.6-1 of the area, blur sigma 0.3-1.5, noise 0-0.15,
     brightness x U[0, 6] with clamping, resize 0.4-0.8 and back, median 3, JPEG 20-90."""
-    b, (h, w) = len(x), x.shape[-2:]
+    b = len(x)
     x = (x + 1) / 2
     x = _st(x, (x * 255).round() / 255)
     kind = torch.randint(1, len(ATTACK_NAMES), (b,), generator=gen)
@@ -246,14 +234,11 @@ def attack_layer(x: torch.Tensor, gen: torch.Generator, identity_share: float = 
             y = xi * (6 * torch.rand(n, 1, 1, 1, generator=gen))
             y = _st(y, y.clamp(0, 1))
         elif name == "resize":
-            f = float(0.4 + 0.4 * torch.rand(1, generator=gen))
-            small = F.interpolate(xi, size=(max(1, round(h * f)), max(1, round(w * f))), mode="bilinear",
-                                  antialias=True, align_corners=False)
-            y = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+            y = _in01(resize_and_back, xi, float(0.4 + 0.4 * torch.rand(1, generator=gen)))
         elif name == "median":
-            y = _st(xi, _median01(xi))
+            y = _st(xi, _in01(median_filter, xi.detach(), 3))
         else:  # jpeg
-            y = _st(xi, _jpeg01(xi, torch.randint(20, 91, (n,), generator=gen)))
+            y = _st(xi, _in01(jpeg, xi.detach(), torch.randint(20, 91, (n,), generator=gen).tolist()))
         out = out.index_copy(0, idx, y)
     out = _st(out, (out.clamp(0, 1) * 255).round() / 255)  # saved again as an 8-bit file
     return out * 2 - 1

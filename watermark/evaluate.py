@@ -28,9 +28,13 @@ def _scores(x, codec, model, schedule, steps, search, alpha):
 
 def bit_accuracies(verdicts, payload: int) -> list[float]:
     """Per verdict, the share of the 32 payload bits decoded right (before the tag decides validity)."""
+    return payload_bit_accuracies([r.extra["decoded_payload"] for r in verdicts], payload)
+
+
+def payload_bit_accuracies(decoded_hex: list[str], payload: int) -> list[float]:
+    """Per decoded payload (hex), the share of its 32 bits equal to `payload`'s."""
     truth = np.unpackbits(np.frombuffer(payload.to_bytes(4, "big"), dtype=np.uint8))
-    return [float((np.array([int(c) for c in f"{int(r.extra['decoded_payload'], 16):032b}"]) == truth).mean())
-            for r in verdicts]
+    return [float((np.array([int(c) for c in f"{int(h, 16):032b}"]) == truth).mean()) for h in decoded_hex]
 
 
 def tpr_at_fpr(neg: np.ndarray, pos: np.ndarray, fpr: float = 0.01) -> float:
@@ -211,9 +215,7 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
         for k in neg_p:
             neg_p[k].append(p[k])
         neg = -np.log10(np.concatenate([p[k] for k in neg_p]))
-        truth = np.unpackbits(np.frombuffer(payload.to_bytes(4, "big"), dtype=np.uint8))
-        acc = [float((np.array([int(c) for c in f"{int(r.decoded_payload, 16):032b}"]) == truth).mean())
-               for r in reads["marked"]]
+        acc = payload_bit_accuracies([r.decoded_payload for r in reads["marked"]], payload)
         report["attacks"][name] = {
             "tpr_at_alpha": float((p["marked"] < alpha).mean()),
             "tpr_at_empirical_1pct_fpr": tpr_at_fpr(neg, -np.log10(p["marked"])),

@@ -270,8 +270,7 @@ def calibrate(decoder_dir: str, model, schedule, *, n_samples: int = 2000, seed:
     # each statistic's false-positive rate on these same negatives over 20 keys (training data: this picks the
     # default statistic; the held-out check is `watermark eval`)
     cal = Calibration(center.double(), (signs.T @ signs / len(signs)).double())
-    import hashlib as _h
-    keys = [WatermarkKey(_h.sha256(f"calibration-key-{i}".encode()).digest()) for i in range(20)]
+    keys = [WatermarkKey(hashlib.sha256(f"calibration-key-{i}".encode()).digest()) for i in range(20)]
     for stat in ("binomial", "sign"):
         ps = np.concatenate([zero_bit_test(logits, cal, k, GuidedScheme(statistic=stat))[0] for k in keys])
         record["calibration"][f"fpr_{stat}"] = {"alpha_0.01": float((ps < 0.01).mean()),

@@ -113,20 +113,20 @@ def verify_images(images: torch.Tensor, keys: dict[str, WatermarkKey], model: to
     fast = guided and guided_applies(shape)
     deep = deep or not fast
     n = len(x)
-    guided: list[tuple[float, str | None, object]] = [(1.0, None, None)] * n
+    best: list[tuple[float, str | None, object]] = [(1.0, None, None)] * n  # the guided reading's best key
     if fast:
         logits, (_, cal) = decode_logits(x), decoder_and_center()
         for label, key in keys.items():
             for i, r in enumerate(read_logits(logits, cal, key)):
                 p = sidak(r.p_value, len(keys))
-                if p < guided[i][0]:
-                    guided[i] = (p, label, r)
+                if p < best[i][0]:
+                    best[i] = (p, label, r)
     latent = [None] * n
     if deep:
         ring = {label: ring_codec(key, shape, scheme) for label, key in keys.items()}
         latent = verify(x, ring, model, schedule, alpha=alpha, steps=steps or DEFAULT_STEPS, batch_size=batch_size)
     out = []
-    for (pg, label_g, g), v in zip(guided, latent):
+    for (pg, label_g, g), v in zip(best, latent):
         ps = ([pg] if fast else []) + ([v.p_value] if v is not None else [])
         p = combine(ps)
         detected = p < alpha
