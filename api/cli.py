@@ -348,36 +348,71 @@ def cmd_detect(a: argparse.Namespace) -> int:
         _print_rows(rows, True, [])
     else:
         flat = [{**{k: v for k, v in r.items() if k != "scores"}, **r.get("scores", {})} for r in rows]
-        cols = ["path", "synthetic", "p_synthetic", "classifier"] + (["dire", "fused"] if a.zero_shot else []) + ["error"]
+        cols = (["path", "synthetic", "p_synthetic", "in_domain", "reason", "classifier"]
+                + (["dire", "fused"] if a.zero_shot else []) + ["error"])
         _print_rows(flat, False, cols)
     return 0
 
 
+def _families(a: argparse.Namespace, default_bundled: bool) -> list:
+    """--fake-generator RUN_DIR|bundled and --fake folder:PATH -> detector.sources.Family, checked up front."""
+    from detector.sources import BUNDLED, folder_family, parse_generator
+
+    gens = a.fake_generator or ([BUNDLED] if default_bundled and not a.fake else [])
+    fams = [parse_generator(g) for g in gens] + [folder_family(f) for f in a.fake or []]
+    names = [f.name for f in fams]
+    if len(set(names)) != len(names):
+        raise GuardError(f"two fake families share a name ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))}); "
+                         "rename one folder")
+    return fams
+
+
 def cmd_detector_train(a: argparse.Namespace) -> int:
     from detector.model import DetectorConfig
+    from detector.sources import parse_folder
     from detector.train import fit_detector
 
-    try:  # fail before the minutes of fake-making and training, not after
+    families = _families(a, default_bundled=True)
+    for r in a.real or []:  # fail before the minutes of fake-making and training, not after
+        if r != "mnist5k":
+            parse_folder(r, "--real")
+    try:
         Path(a.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise GuardError(f"{a.out}: cannot create the output folder ({e.strerror})") from None
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    det = fit_detector(DetectorConfig(input=a.input), epochs=a.epochs, seed=a.seed, zero_shot=not a.no_zero_shot,
-                       generator_checkpoint=a.checkpoint, log=log)
+    det = fit_detector(DetectorConfig(input=a.input, background_floor=a.background_floor), families=families, reals=a.real, epochs=a.epochs, seed=a.seed,
+                       stay_positive=a.stay_positive, zero_shot=a.zero_shot, loo=not a.no_loo, loo_epochs=a.loo_epochs, log=log)
     det.save(a.out)
-    print(json.dumps({"out": str(a.out), "threshold": det.threshold, "fusion_threshold": det.fusion_threshold}))
+    print(json.dumps({"out": str(a.out), "threshold": det.threshold, "calibration_fpr": det.meta.get("calibration_fpr"),
+                      "leave_one_out": det.meta.get("leave_one_out")}))
     return 0
 
 
+def _trained_families(det) -> list:
+    """The generator families a detector was trained on, where their folders still exist (folders of fakes
+    made elsewhere are not re-read: their images were all used in training)."""
+    from detector.sources import BUNDLED, parse_generator
+
+    out = []
+    for f in (det.meta.get("train") or {}).get("families", {}).values():
+        if f.get("kind") != "folder" and (f.get("path") is None or Path(f["path"]).is_dir()):
+            out.append(parse_generator(f.get("path") or BUNDLED))
+    return out
+
+
 def cmd_detector_eval(a: argparse.Namespace) -> int:
-    from generator.checkpoint import load_model
     from detector.evaluate import evaluate_detector
     from detector.predict import load_detector
+    from detector.sources import parse_generator
     from detector.train import FAKE_CACHE
 
     det = load_detector(a.detector)
-    model, schedule, _ = load_model(a.checkpoint)
-    report = evaluate_detector(det, model, schedule, seed=a.seed, cache=FAKE_CACHE, zero_shot_n=a.zero_shot_n,
+    families = _families(a, default_bundled=False) or _trained_families(det)
+    families += [parse_generator(g) for g in a.unseen_generator or []]
+    if not families:
+        raise GuardError("no fake families to evaluate on; give --fake-generator or --fake")
+    report = evaluate_detector(det, families, seed=a.seed, cache=FAKE_CACHE, zero_shot_n=a.zero_shot_n,
                                out_dir=a.out, log=_progress_log(a))
     return _emit_report(report, a, "detector_eval.json")
 
@@ -644,20 +679,38 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_detect)
 
     dt = sub.add_parser("detector", help="train or evaluate the detector").add_subparsers(dest="det_command", required=True)
-    dtr = dt.add_parser("train", help="make fakes with the generator, train, calibrate and save a detector")
-    dtr.add_argument("--out", required=True, help="folder for model.safetensors and config.json")
-    dtr.add_argument("--input", choices=["raw", "npr", "both"], default="npr", help="network input (default npr)")
-    dtr.add_argument("--epochs", type=_positive_int, default=40)
+    dtr = dt.add_parser("train", help="train, calibrate and save a detector on any real and fake sources, with a "
+                        "leave-one-family-out report")
+    dtr.add_argument("--out", required=True, help="folder for model.safetensors, domain.safetensors and config.json")
+    dtr.add_argument("--real", action="append", metavar="mnist5k|folder:PATH",
+                     help="real images (repeatable; default mnist5k). A folder is split 80/20 into train and calibration")
+    dtr.add_argument("--fake-generator", action="append", metavar="RUN_DIR|bundled",
+                     help="a generator family to make fakes with (repeatable): a `ddpm-guard train` run, a "
+                          "detector.families VAE/GAN folder, or `bundled` (the default when no fake source is given)")
+    dtr.add_argument("--fake", action="append", metavar="folder:PATH", help="a folder of fakes made elsewhere (repeatable; "
+                     "one family each)")
+    dtr.add_argument("--input", choices=["raw", "npr", "both"], default="raw", help="network input (default raw)")
+    dtr.add_argument("--background-floor", type=_nonnegative_int, default=32,
+                     help="8-bit levels at or below which pixels are set to black before the network (default 32; 0 off)")
+    dtr.add_argument("--epochs", type=_positive_int, default=30, help="passes over the reals (default 30)")
     dtr.add_argument("--seed", type=int, default=0)
-    dtr.add_argument("--no-zero-shot", action="store_true", help="skip fitting the DIRE fusion")
-    dtr.add_argument("--checkpoint", default=None, help="generator checkpoint (default: the bundled model)")
+    dtr.add_argument("--stay-positive", action="store_true",
+                     help="clamp the last layer's weights to >= 0 (Rajan & Lee 2025): only evidence of 'synthetic' counts")
+    dtr.add_argument("--no-loo", action="store_true", help="skip the leave-one-family-out report (one training per family)")
+    dtr.add_argument("--loo-epochs", type=_positive_int, default=None, help="epochs of each leave-one-out run (default --epochs)")
+    dtr.add_argument("--zero-shot", action="store_true", help="also fit the DIRE fusion (bundled generator; slow)")
     dtr.set_defaults(func=cmd_detector_train)
-    dev = dt.add_parser("eval", help="AUC/AP/TPR@1%%FPR per fake source and perturbation, zero-shot, ROC plot")
+    dev = dt.add_parser("eval", help="per family x perturbation: AUC, TPR@1%%FPR, real FPR at the stored threshold; "
+                        "out-of-domain table, reliability diagram, ROC plot")
     dev.add_argument("--detector", default=None)
-    dev.add_argument("--checkpoint", default=None, help="generator checkpoint (default: the bundled model)")
-    dev.add_argument("--zero-shot-n", type=_nonnegative_int, default=60, help="fakes per source for the zero-shot comparison (0 skips)")
+    dev.add_argument("--fake-generator", action="append", metavar="RUN_DIR|bundled",
+                     help="families to evaluate on (repeatable; default: the ones the detector trained on)")
+    dev.add_argument("--fake", action="append", metavar="folder:PATH", help="a folder of fakes (repeatable)")
+    dev.add_argument("--unseen-generator", action="append", metavar="RUN_DIR",
+                     help="a generator family the detector never trained on (repeatable): the honest 'unseen' row")
+    dev.add_argument("--zero-shot-n", type=_nonnegative_int, default=0, help="fakes per source for the DIRE comparison (0 skips)")
     dev.add_argument("--seed", type=int, default=0)
-    dev.add_argument("--out", default=None, help="folder for detector_eval.json and detector_roc.png")
+    dev.add_argument("--out", default=None, help="folder for detector_eval.json, detector_roc.png, detector_reliability.png")
     dev.add_argument("--json", action="store_true")
     dev.set_defaults(func=cmd_detector_eval)
     return p

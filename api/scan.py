@@ -91,7 +91,7 @@ def scan_items(items: list[tuple[str, bytes | None, str | None]], scanner: Scann
     scores = det.score(fitted((det.config.in_chans, det.config.image_size, det.config.image_size)))
     marks = _watermarks(fitted, len(pil), scanner)
     for j, i in enumerate(ok):
-        in_domain, reason = det.in_domain(pil[j])
+        in_domain, reason = det.in_domain(pil[j], float(scores["domain_score"][j]) if "domain_score" in scores else None)
         rows[i].update(p_synthetic=float(scores["p_synthetic"][j]), in_domain=in_domain,
                        domain_reason=reason, synthetic=bool(scores["synthetic"][j]), watermark=marks[j])
         rows[i]["verdict"], rows[i]["explanation"], rows[i]["account"] = decide(rows[i], scanner)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from generator.data import load_dataset
 from generator.image_io import quantize
-from generator.perturb import gaussian_blur, jpeg
+from generator.perturb import gaussian_blur, jpeg, resize_and_back
 from generator.pipeline import generate
 from generator.samplers import denoise_from
 
@@ -143,17 +143,40 @@ def build_all(model, schedule, cache: Path, seed: int = 0, log=None) -> None:
 
 # ---- augmentation: identical for both classes --------------------------------------------------
 
+def tidy(x: torch.Tensor, level: float | torch.Tensor) -> torch.Tensor:
+    """Set every pixel at or below `level` (8-bit levels, one value or one per image) to exactly black:
+    what anyone tidying a fake does to its faint grey background."""
+    lv = torch.as_tensor(level, dtype=x.dtype).reshape(-1, 1, 1, 1) if torch.is_tensor(level) else level
+    return torch.where(x <= -1 + 2 * lv / 255, torch.full_like(x, -1.0), x)
+
+
+def background_noise(x: torch.Tensor, gen: torch.Generator, amplitude: float | torch.Tensor,
+                     background: float = 8.0) -> torch.Tensor:
+    """Faint noise on the background only (pixels at or below `background` levels): |N(0, a^2)| in 8-bit
+    levels, one amplitude or one per image. A real digit photographed or re-rendered gets this."""
+    a = torch.as_tensor(amplitude, dtype=x.dtype).reshape(-1, 1, 1, 1)
+    bg = x <= -1 + 2 * background / 255
+    return torch.where(bg, (x + 2 * a / 255 * torch.randn(x.shape, generator=gen).abs()).clamp(-1, 1), x)
+
+
 def augment(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
-    """Each image independently: JPEG q30-100, blur sigma 0-1, resize x0.5-1 and back, shifts of up to
-    2 px, each with probability p. The same function serves real and fake, so no class gets its own
-    artefacts."""
+    """Each image independently, each operation with probability p (JPEG: always p, at q30-100 as
+    CNNDetection and Rajan et al. train): resize x0.5-1 and back, blur sigma 0-1.5, shifts of up to 2 px,
+    a tidied background (levels 4-48 set to black), faint background noise (0-10 levels), Gaussian noise
+    sigma 0-0.08, a 6-10 px cutout, then JPEG q30-100. The same function serves real and fake, so no class
+    gets its own artefacts, and each image is 8-bit quantised at the end, like every file."""
     b, _, h, w = x.shape
     x = x.clone()
-    u = torch.rand(b, 4, generator=gen)
+    u = torch.rand(b, 8, generator=gen)
     q = torch.randint(30, 101, (b,), generator=gen)
-    sig = torch.rand(b, generator=gen)
+    sig = 1.5 * torch.rand(b, generator=gen)
     fac = 0.5 + 0.5 * torch.rand(b, generator=gen)
     shift = torch.randint(-2, 3, (b, 2), generator=gen)
+    level = 4 + 44 * torch.rand(b, generator=gen)
+    amp = 10 * torch.rand(b, generator=gen)
+    std = 0.08 * torch.rand(b, generator=gen)
+    cut = torch.randint(6, 11, (b,), generator=gen)
+    pos = torch.rand(b, 2, generator=gen)
     for i in range(b):
         img = x[i:i + 1]
         if u[i, 0] < p:  # resize x0.5-1 and back
@@ -165,7 +188,46 @@ def augment(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tens
         if u[i, 2] < p:
             dy, dx = shift[i].tolist()
             img = torch.roll(img, (dy, dx), (2, 3))
-        if u[i, 3] < p:
+        if u[i, 3] < p / 2:
+            img = tidy(img, float(level[i]))
+        if u[i, 4] < p / 2:
+            img = background_noise(img, gen, float(amp[i]))
+        if u[i, 5] < p / 2:
+            img = (img + 2 * std[i] * torch.randn(img.shape, generator=gen)).clamp(-1, 1)
+        if u[i, 6] < p / 4:
+            k = int(cut[i])
+            y0, x0 = int(pos[i, 0] * (h - k)), int(pos[i, 1] * (w - k))
+            img = img.clone()
+            img[..., y0:y0 + k, x0:x0 + k] = -1
+        if u[i, 7] < p:
             img = jpeg(img, int(q[i]))
         x[i] = img[0]
-    return x
+    return quantize(x)
+
+
+def perturb_for_calibration(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """The benign edits uploads go through, with parameters drawn per image from ranges (never the exact
+    settings `detector eval` reports), for fitting Platt and the threshold on reals as users upload them."""
+    n = len(x)
+    if kind == "clean":
+        return x
+    if kind == "jpeg":
+        return jpeg(x, torch.randint(30, 96, (n,), generator=gen).tolist())
+    if kind == "blur":
+        s = 0.5 + torch.rand(n, generator=gen)
+        return torch.cat([gaussian_blur(x[i:i + 1], float(s[i])) for i in range(n)])
+    if kind == "resize":
+        f = 0.4 + 0.5 * torch.rand(n, generator=gen)
+        return torch.cat([resize_and_back(x[i:i + 1], float(f[i])) for i in range(n)])
+    if kind == "noise":
+        s = 0.01 + 0.07 * torch.rand(n, generator=gen)
+        return quantize((x + 2 * s[:, None, None, None] * torch.randn(x.shape, generator=gen)).clamp(-1, 1))
+    if kind == "tidy":  # both shortcut edits: a tidied background, or faint noise on it
+        half = torch.rand(n, generator=gen) < 0.5
+        a = tidy(x, 4 + 44 * torch.rand(n, generator=gen))
+        b = quantize(background_noise(x, gen, 1 + 9 * torch.rand(n, generator=gen)))
+        return torch.where(half[:, None, None, None], a, b)
+    raise ValueError(f"unknown calibration perturbation {kind!r}")
+
+
+CALIBRATION_PERTURBATIONS = ("clean", "jpeg", "blur", "resize", "noise", "tidy")

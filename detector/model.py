@@ -6,6 +6,7 @@
 - NPR input (Tan et al., CVPR 2024): x - up(down(x)) with nearest-neighbour resampling by 2. It keeps
   only the local pixel correlations that up-sampling layers leave behind, and trains from scratch.
 - input "both" stacks the image and its residual as channels.
+- background_floor: the near-black background is flattened before any of this (see the config).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ class DetectorConfig:
     input: str = "npr"  # raw | npr | both (see the module docstring)
     in_chans: int = 1  # image channels (1 grey, 3 colour); "both" doubles what the network sees
     image_size: int = 28  # images are fitted to this size before scoring
+    # pixels at or below this many 8-bit levels are set to black before the network sees them, in training and
+    # in use: a generator's faint grey background (and a forger's tidying of it, or a real scan's faint noise)
+    # then carries no evidence either way, so the verdict has to rest on the strokes. 0 turns it off.
+    background_floor: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> "DetectorConfig":
@@ -65,9 +70,19 @@ class DetectorNet(nn.Module):
         net.maxpool = nn.Identity()
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.background_floor:
+            x = torch.where(x <= -1 + 2 * self.config.background_floor / 255, torch.full_like(x, -1.0), x)
         if self.config.input == "npr":
-            x = npr(x) * 4  # the residual is small; x4 keeps its scale near the image's
-        elif self.config.input == "both":
-            x = torch.cat([x, npr(x) * 4], 1)
-        return self.net(x).squeeze(1)
+            return npr(x) * 4  # the residual is small; x4 keeps its scale near the image's
+        if self.config.input == "both":
+            return torch.cat([x, npr(x) * 4], 1)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self._inputs(x)).squeeze(1)
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit, pooled features) in one pass: the features feed the out-of-domain score."""
+        feats = self.net.forward_head(self.net.forward_features(self._inputs(x)), pre_logits=True)
+        return self.net.fc(feats).squeeze(1), feats

@@ -6,7 +6,6 @@ each file through the safe decoder and reports unreadable files per file instead
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from generator.checkpoint import default_device, load_tensors, read_config, save
 from generator.errors import GuardError
 from generator.image_io import decode_image, expand_paths, fit_to, read_bytes, to_tensor
 from detector.calibrate import Fusion, Platt
+from detector.domain import DomainRules, DomainScore, verdict
 from detector.model import DetectorConfig, DetectorNet
 
 DETECTOR_FORMAT = "ddpm-guard/detector-v1"
@@ -26,44 +26,14 @@ BUNDLED_DETECTOR = Path(__file__).parent / "weights" / "default"
 MICRO_BATCH = 64
 
 
-@dataclass(frozen=True)
-class DomainRules:
-    """What the detector was trained on, as rules on the decoded file (before any resizing).
-
-    A first, structural out-of-domain gate: an image these rules reject gets `in_domain: false` with
-    the reason instead of a confident verdict. The bundled detector knows 28x28 light-on-dark grey
-    digits. The numbers are format facts, not fitted: Pillow's grey JPEGs decode with zero chroma,
-    skimage's photographs have a mean channel spread of 38-114 levels and a median grey of 100-180,
-    MNIST digits a median of 0. A detector folder may override them under "domain" in config.json."""
-    max_scale: float = 4.0  # longer side at most this many times the model's input
-    max_aspect: float = 1.5  # longer side / shorter side
-    max_colour_spread: float = 12.0  # mean over pixels of max - min channel, in 8-bit levels
-    max_median_grey: float = 96.0  # the background must be dark (digits are light strokes on black)
-
-    def check(self, img, image_size: int) -> tuple[bool, str | None]:
-        """(in_domain, reason) for a decoded PIL image in mode L or RGB."""
-        w, h = img.size
-        if max(w, h) > self.max_scale * image_size:
-            return False, f"a {w}x{h} image; this detector knows {image_size}x{image_size} digits"
-        if max(w, h) > self.max_aspect * min(w, h):
-            return False, f"a {w}x{h} image is not square; this detector knows {image_size}x{image_size} digits"
-        arr = np.asarray(img)
-        if arr.ndim == 3:
-            spread = float((arr.max(-1).astype(np.int16) - arr.min(-1)).mean())
-            if spread > self.max_colour_spread:
-                return False, "a colour image; this detector knows grey digits"
-            arr = np.asarray(img.convert("L"))
-        if float(np.median(arr)) > self.max_median_grey:
-            return False, "a light background; this detector knows light strokes on a dark background"
-        return True, None
-
-
 class Detector:
     """Immutable after loading: scoring mutates no shared state, so one instance serves many requests."""
 
     def __init__(self, net: DetectorNet, platt: Platt, threshold: float, fusion: Fusion | None = None,
-                 fusion_threshold: float | None = None, meta: dict | None = None):
+                 fusion_threshold: float | None = None, meta: dict | None = None,
+                 domain_score: DomainScore | None = None):
         self.net, self.platt, self.threshold = net.eval(), platt, threshold
+        self.domain_score = domain_score
         self.fusion, self.fusion_threshold = fusion, fusion_threshold
         self.meta = meta or {}
         self.domain = DomainRules(**self.meta.get("domain", {}))  # built once, not per image
@@ -75,24 +45,36 @@ class Detector:
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor, batch_size: int = MICRO_BATCH) -> np.ndarray:
-        """Logits for (B, C, H, W) images, run in fixed micro-batches of `batch_size` (the last one padded):
-        the sums inside a convolution are ordered by the batch's size, so a fixed size makes every image's
-        score independent of how images were grouped (a scan, an audit batch, a Ray actor agree exactly)."""
+        """Logits for (B, C, H, W) images (see `forward`)."""
+        return self.forward(images, batch_size)[0]
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor, batch_size: int = MICRO_BATCH) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """(logits, pooled features, the fitted input) for (B, C, H, W) images, run in fixed micro-batches of
+        `batch_size` (the last one padded): the sums inside a convolution are ordered by the batch's size, so a
+        fixed size makes every image's score independent of how images were grouped (a scan, an audit batch,
+        a Ray actor agree exactly)."""
         cfg = self.config
         dev = next(self.net.parameters()).device
         x = fit_to(images, (cfg.in_chans, cfg.image_size, cfg.image_size))
-        out = []
+        logits, feats = [], []
         for i in range(0, len(x), batch_size):
             b = x[i:i + batch_size]
             n = len(b)
             if n < batch_size:
                 b = torch.cat([b, b.new_zeros((batch_size - n, *b.shape[1:]))])
-            out.append(self.net(b.to(dev)).float().cpu()[:n])
-        return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+            lo, fe = self.net.forward_with_features(b.to(dev))
+            logits.append(lo.float().cpu()[:n])
+            feats.append(fe.float().cpu()[:n])
+        if not logits:
+            return np.zeros(0), torch.zeros(0, self.net.net.num_features), x
+        return torch.cat(logits).numpy().astype(np.float64), torch.cat(feats), x
 
-    def in_domain(self, img) -> tuple[bool, str | None]:
-        """(in_domain, reason) for a decoded PIL image: does this detector know this kind of image?"""
-        return self.domain.check(img, self.config.image_size)
+    def in_domain(self, img, score: float | None = None) -> tuple[bool, str | None]:
+        """(in_domain, reason) for a decoded PIL image and its domain score (from `score`): the structural
+        rules, then the measured score (see detector.domain)."""
+        ok, reason = self.domain.check(img, self.config.image_size)
+        return verdict(ok, reason, score)
 
     def generator(self):
         if self._generator is None:
@@ -103,10 +85,13 @@ class Detector:
         return self._generator
 
     def score(self, images: torch.Tensor, zero_shot: bool = False) -> dict[str, np.ndarray]:
-        """{"p_synthetic", "synthetic", "classifier", "classifier_logit"[, "dire", "fused"]} for (B, C, H, W)."""
-        logit = self.logits(images)
+        """{"p_synthetic", "synthetic", "classifier", "classifier_logit"[, "domain_score"][, "dire", "fused"]}
+        for (B, C, H, W)."""
+        logit, feats, fitted = self.forward(images)
         p = self.platt(logit)
         out = {"classifier_logit": logit, "classifier": p, "p_synthetic": p, "synthetic": p > self.threshold}
+        if self.domain_score is not None:
+            out["domain_score"] = self.domain_score(fitted, feats) if len(fitted) else np.zeros(0)
         if zero_shot:
             if self.fusion is None:
                 raise GuardError("this detector has no zero-shot fusion; retrain it with the zero-shot score")
@@ -125,7 +110,9 @@ class Detector:
                "calibration": {"platt": {"a": self.platt.a, "b": self.platt.b}, "threshold": self.threshold},
                "fusion": None if self.fusion is None else {**self.fusion.to_dict(), "threshold": self.fusion_threshold},
                **self.meta, **(extra or {})}
-        save_json(cfg, folder / "config.json")
+        if self.domain_score is not None:
+            self.domain_score.save(folder)
+        save_json(cfg, folder / "config.json")  # last: a config always points at complete files
 
 
 def load_detector(folder: str | Path | None = None, device: str | torch.device | None = None) -> Detector:
@@ -148,13 +135,14 @@ def load_detector(folder: str | Path | None = None, device: str | torch.device |
     except RuntimeError as e:
         raise GuardError(f"{folder}: detector weights do not match its config ({str(e).splitlines()[0]})") from None
     meta = {k: v for k, v in cfg.items() if k not in ("format", "model", "calibration", "fusion")}
-    return Detector(net.to(device or default_device()), platt, threshold, fusion, fusion_threshold, meta)
+    return Detector(net.to(device or default_device()), platt, threshold, fusion, fusion_threshold, meta,
+                    DomainScore.load(folder))
 
 
 def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = False, batch_size: int = 256,
                  progress: bool = False) -> list[dict]:
     """One row per image: {path, p_synthetic, synthetic, in_domain, reason, scores} or {path, error} for a file
-    that cannot be read. `in_domain` false means the verdict is not to be trusted (see DomainRules).
+    that cannot be read. `in_domain` false means the verdict is not to be trusted (see detector.domain).
     Files are decoded one by one (each through the safe decoder) and scored in batches."""
     cfg = detector.config
     mode = "L" if cfg.in_chans == 1 else "RGB"
@@ -165,12 +153,13 @@ def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = Fals
     def flush() -> None:
         if not pending:
             return
-        x = torch.stack([img for _, img in pending])
+        x = torch.stack([img for _, img, _ in pending])
         s = detector.score(x, zero_shot=zero_shot)
-        score_keys = [k for k in ("classifier", "classifier_logit", "dire", "fused") if k in s]
-        for j, (i, _) in enumerate(pending):
-            rows[i].update(p_synthetic=float(s["p_synthetic"][j]), synthetic=bool(s["synthetic"][j]),
-                           scores={k: float(s[k][j]) for k in score_keys})
+        score_keys = [k for k in ("classifier", "classifier_logit", "domain_score", "dire", "fused") if k in s]
+        for j, (i, _, rules) in enumerate(pending):
+            ok, reason = verdict(*rules, float(s["domain_score"][j]) if "domain_score" in s else None)
+            rows[i].update(p_synthetic=float(s["p_synthetic"][j]), synthetic=bool(s["synthetic"][j]), in_domain=ok,
+                           reason=reason, scores={k: float(s[k][j]) for k in score_keys})
         pending.clear()
 
     for i, (p, problem) in enumerate(tqdm(items, disable=not progress, desc="detect", leave=False)):
@@ -182,10 +171,9 @@ def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = Fals
         except GuardError as e:
             rows[i]["error"] = str(e)
             continue
-        ok, reason = detector.in_domain(pil)
-        rows[i].update(in_domain=ok, reason=reason)
         img = to_tensor(pil.convert(mode) if pil.mode != mode else pil)
-        pending.append((i, fit_to(img[None], (cfg.in_chans, cfg.image_size, cfg.image_size))[0]))
+        rules = detector.domain.check(pil, cfg.image_size)  # on the decoded file, before any resizing
+        pending.append((i, fit_to(img[None], (cfg.in_chans, cfg.image_size, cfg.image_size))[0], rules))
         if len(pending) >= batch_size:
             flush()
     flush()

@@ -1,93 +1,196 @@
-"""Train, calibrate and save the detector.
+"""Train, calibrate and save the detector, with a leave-one-family-out report.
 
-    ddpm-guard detector train --out detector/weights/default --seed 0
+    ddpm-guard detector train --out detector/weights/default --seed 0 \\
+        --fake-generator bundled --fake-generator detector/weights/families/ddpm-b \\
+        --fake-generator detector/weights/families/vae --fake-generator detector/weights/families/gan
 
-reproduces the bundled detector (the fake sets are cached under runs/detector/fakes, so a rerun or an
-evaluation reuses them). Steps:
-1. real digits: detector-train (3,200) and calibration (800) splits of the 4,000 training digits;
-   fakes: N_TRAIN_FAKES per training source, the first 80% train, the rest calibrate;
-2. train the timm network with BCE on identically augmented real and fake batches;
-3. on the calibration split: Platt scaling, the threshold at 1% FPR, and (optionally) the DIRE
-   zero-shot score and its logistic-regression fusion with the classifier, with its own threshold.
+reproduces the bundled detector (fakes are cached under runs/detector/fakes, so a rerun reuses them).
+1. Reals (`--real`, default mnist5k): a train and a calibration split. Fakes: one *family* per
+   `--fake-generator` / `--fake`; each family's sources split 80/20 the same way.
+2. Training: balanced batches, half real and half fake, the fakes drawn evenly from the families (so a
+   family with more sampler settings does not dominate), every image through the same `augment`.
+3. Calibration on what users upload: Platt scaling on calibration reals and fakes, clean and under the
+   benign edits of `perturb_for_calibration`; the threshold is the highest of the per-edit 1%-FPR
+   thresholds of the reals, so no benign edit alone pushes real digits over it.
+4. The out-of-domain score (detector.domain) on the same splits.
+5. Leave-one-family-out: for each family, the same training without it, scored on its calibration
+   fakes against the calibration reals, clean, tidied, and JPEG q75. That is the honest estimate for a
+   generator the detector never saw.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generator.checkpoint import default_device, load_model
-from generator.train import fit_supervised
+from generator.checkpoint import default_device
 from detector.calibrate import Fusion, Platt, threshold_at_fpr
-from detector.data import N_TRAIN_FAKES, TRAIN_SOURCES, augment, fake_sets, real_split
+from detector.data import CALIBRATION_PERTURBATIONS, augment, perturb_for_calibration
+from detector.domain import DomainScore
 from detector.model import DetectorConfig, DetectorNet
 from detector.predict import Detector
+from detector.sources import Family, family_fakes, real_images, split_sources
 
 FAKE_CACHE = Path("runs/detector/fakes")
-TARGET_FPR = 0.01  # the decision threshold flags this fraction of calibration reals
-AUG_P = 0.3  # probability of each augmentation (JPEG, blur, resize, shift) per image, for both classes
+TARGET_FPR = 0.01  # the decision threshold flags at most this fraction of calibration reals, per benign edit
+AUG_P = 0.5  # probability of each augmentation per image, for both classes (JPEG q30-100 at 0.5, as Rajan et al.)
+N_TRAIN_FAKES = 300  # per source of a generator family
 
 
-def train_net(cfg: DetectorConfig, real: torch.Tensor, fake: torch.Tensor, *, epochs: int = 12, batch_size: int = 128,
-              lr: float = 2e-3, aug_p: float = AUG_P, seed: int = 0, device: torch.device | None = None,
-              log=None) -> DetectorNet:
-    """BCE on real (0) vs fake (1), the rarer class up-weighted; both go through the same `augment`."""
+def train_net(cfg: DetectorConfig, real: torch.Tensor, fakes: torch.Tensor | dict[str, torch.Tensor], *,
+              epochs: int = 30, batch_size: int = 128, lr: float = 2e-3, aug_p: float = AUG_P, seed: int = 0,
+              stay_positive: bool = False, device: torch.device | None = None, log=None) -> DetectorNet:
+    """BCE on balanced batches: half reals, half fakes drawn evenly over the families; one epoch is one pass
+    over the reals. Both halves go through the same `augment` in one call.
+
+    stay_positive (Rajan & Lee, ICML 2025): the last layer's weights are clamped to >= 0 after every step, so
+    the (non-negative, post-ReLU) features can only add evidence of "synthetic"; a feature that means "real"
+    cannot cancel a generator trace, which is what lets a fake pass when its artefacts are partly hidden."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     device = device or default_device()
+    fams = list(fakes.values()) if isinstance(fakes, dict) else [fakes]
+    half = batch_size // 2
+    steps_per_epoch = math.ceil(len(real) / half)
     net = DetectorNet(cfg).to(device)
-    x = torch.cat([real, fake])
-    y = torch.cat([torch.zeros(len(real)), torch.ones(len(fake))])
-    pos_weight = torch.tensor(len(real) / max(1, len(fake)), device=device)
-    loss_fn = lambda logits, target: F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)  # noqa: E731
-    return fit_supervised(net, x, y, loss_fn, augment=lambda xb, g: augment(xb, g, aug_p), gen=gen, epochs=epochs,
-                          batch_size=batch_size, lr=lr, device=device, log=log)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    y = torch.cat([torch.zeros(half), torch.ones(half)]).to(device)
+    net.train()
+    for ep in range(epochs):
+        total, t0 = 0.0, time.time()
+        for _ in range(steps_per_epoch):
+            r = real[torch.randint(0, len(real), (half,), generator=gen)]
+            which = torch.randint(0, len(fams), (half,), generator=gen)
+            f = torch.stack([fams[k][torch.randint(0, len(fams[k]), (1,), generator=gen)][0] for k in which.tolist()])
+            x = augment(torch.cat([r, f]), gen, aug_p)
+            loss = F.binary_cross_entropy_with_logits(net(x.to(device)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if stay_positive:
+                with torch.no_grad():
+                    net.net.fc.weight.clamp_(min=0)
+            total += loss.item()
+        if log:
+            log(f"epoch {ep + 1}/{epochs} loss {total / steps_per_epoch:.4f} ({time.time() - t0:.0f} s)")
+    return net.eval()
 
 
-def split_fakes(fakes: dict[str, torch.Tensor], frac: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per source, the first `frac` train and the rest calibrate."""
-    k = {name: int(round(len(x) * frac)) for name, x in fakes.items()}
-    return (torch.cat([x[:k[n]] for n, x in fakes.items()]), torch.cat([x[k[n]:] for n, x in fakes.items()]))
-
-
-def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_shot: bool, generator=None,
-              log=None) -> Detector:
-    """Platt scaling and the 1%-FPR threshold on the calibration split; the DIRE fusion if asked."""
+def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_shot: bool = False, generator=None,
+              perturbations: tuple[str, ...] = CALIBRATION_PERTURBATIONS, seed: int = 0, log=None) -> Detector:
+    """Platt scaling on calibration reals and fakes under every perturbation; the threshold is the largest
+    per-perturbation 1%-FPR threshold of the reals; the DIRE fusion (clean images) if asked."""
     det = Detector(net, Platt(1.0, 0.0), 0.5)
-    y = np.r_[np.zeros(len(real)), np.ones(len(fake))]
-    logit = det.logits(torch.cat([real, fake]))
-    platt = Platt.fit(logit, y)
-    threshold = threshold_at_fpr(platt(logit[y == 0]), TARGET_FPR)
+    g = torch.Generator().manual_seed(seed)
+    logit_r = {k: det.logits(perturb_for_calibration(real, k, g)) for k in perturbations}
+    logit_f = {k: det.logits(perturb_for_calibration(fake, k, g)) for k in perturbations}
+    y = np.r_[np.zeros(sum(map(len, logit_r.values()))), np.ones(sum(map(len, logit_f.values())))]
+    platt = Platt.fit(np.r_[np.concatenate(list(logit_r.values())), np.concatenate(list(logit_f.values()))], y)
+    per_edit = {k: threshold_at_fpr(platt(v), TARGET_FPR) for k, v in logit_r.items()}
+    threshold = max(per_edit.values())
     fusion = fusion_threshold = None
     if zero_shot:
         from detector.zeroshot import dire_scores
 
         model, schedule = generator
         if log:
-            log(f"zero-shot DIRE scores on {len(y)} calibration images")
+            log(f"zero-shot DIRE scores on {len(real) + len(fake)} calibration images")
         dire = dire_scores(model, schedule, torch.cat([real, fake]))
-        feats = {"classifier_logit": logit, "dire": dire}
-        fusion = Fusion.fit(feats, y)
-        fusion_threshold = threshold_at_fpr(fusion(feats)[y == 0], TARGET_FPR)
-    return Detector(net, platt, threshold, fusion, fusion_threshold)
+        feats = {"classifier_logit": np.r_[logit_r["clean"], logit_f["clean"]] if "clean" in logit_r
+                 else det.logits(torch.cat([real, fake])), "dire": dire}
+        yc = np.r_[np.zeros(len(real)), np.ones(len(fake))]
+        fusion = Fusion.fit(feats, yc)
+        fusion_threshold = threshold_at_fpr(fusion(feats)[yc == 0], TARGET_FPR)
+    out = Detector(net, platt, threshold, fusion, fusion_threshold)
+    out.meta["calibration_fpr"] = {k: float((platt(v) > threshold).mean()) for k, v in logit_r.items()}
+    out.meta["calibration_tpr"] = {k: float((platt(v) > threshold).mean()) for k, v in logit_f.items()}
+    return out
 
 
-def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, epochs: int = 40, seed: int = 0, zero_shot: bool = True,
-                 generator_checkpoint: str | None = None, cache: Path | None = FAKE_CACHE, log=None) -> Detector:
-    model, schedule, _ = load_model(generator_checkpoint)
-    real_tr, real_cal = real_split("train"), real_split("calib")
-    fakes = fake_sets(model, schedule, TRAIN_SOURCES, N_TRAIN_FAKES, 1000 + seed, real_tr, cache, log)
-    fake_tr, fake_cal = split_fakes(fakes)
+def fit_domain(det: Detector, real_tr: torch.Tensor, fake_tr: torch.Tensor, real_cal: torch.Tensor,
+               fake_cal: torch.Tensor, seed: int = 0) -> DomainScore:
+    """The out-of-domain score: statistics of the training images, thresholds on the calibration images
+    (reals clean and under every benign edit, and fakes: generated digits are in domain)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    cal = torch.cat([perturb_for_calibration(real_cal, k, g) for k in CALIBRATION_PERTURBATIONS] + [fake_cal])
+    _, f_tr, x_tr = det.forward(torch.cat([real_tr, fake_tr]))
+    _, f_cal, x_cal = det.forward(cal)
+    return DomainScore.fit(x_tr, f_tr, x_cal, f_cal)
+
+
+def leave_one_out(cfg: DetectorConfig, real_tr, real_cal, fam_tr: dict, fam_cal: dict, *, epochs: int, seed: int,
+                  stay_positive: bool = False, log=None, only: list[str] | None = None) -> dict:
+    """For each family: train without it, calibrate on the others, score it (never seen) against the reals."""
+    from detector.evaluate import PERTURBATIONS, metrics
+
+    report = {}
+    for held in only or list(fam_tr):
+        if log:
+            log(f"leave-one-out: holding out {held}")
+        others = {k: v for k, v in fam_tr.items() if k != held}
+        net = train_net(cfg, real_tr, others, epochs=epochs, seed=seed, stay_positive=stay_positive)
+        det = calibrate(net, real_cal, torch.cat([v for k, v in fam_cal.items() if k != held]), seed=seed)
+        row = {}
+        for name in ("clean", "tidy", "jpeg75"):
+            r, f = PERTURBATIONS[name](real_cal, fam_cal[held], torch.Generator().manual_seed(seed))
+            m = metrics(det.score(r)["p_synthetic"], det.score(f)["p_synthetic"], det.threshold)
+            row[name] = {k: m[k] for k in ("auc", "tpr_at_1pct_fpr", "tpr_at_threshold", "fpr_at_threshold")}
+        report[held] = row
+        if log:
+            log(f"  {held}: " + ", ".join(f"{k} AUC {v['auc']:.3f}" for k, v in row.items()))
+    return report
+
+
+def gather(cfg: DetectorConfig, families: list[Family], reals: list[str] | None, seed: int, cache: Path | None,
+           log=None) -> tuple:
+    """(real train, real calibration, {family: train fakes}, {family: calibration fakes}, {family: description})."""
+    if not families:
+        raise ValueError("at least one fake family is needed")
+    shape = (cfg.in_chans, cfg.image_size, cfg.image_size)
+    real_tr, real_cal = real_images(reals or [], "train", shape), real_images(reals or [], "calib", shape)
+    fam_tr, fam_cal, sources = {}, {}, {}
+    for fam in families:
+        fakes = family_fakes(fam, N_TRAIN_FAKES, 1000 + seed, real_tr, cache, log)
+        sources[fam.name] = {"kind": fam.kind, "path": fam.path, "sources": list(fakes)}
+        fam_tr[fam.name], fam_cal[fam.name] = split_sources(fakes, "train"), split_sources(fakes, "calib")
+    return real_tr, real_cal, fam_tr, fam_cal, sources
+
+
+def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, families: list[Family], reals: list[str] | None = None,
+                 epochs: int = 30, seed: int = 0, stay_positive: bool = False, zero_shot: bool = False, loo: bool = True,
+                 loo_epochs: int | None = None, cache: Path | None = FAKE_CACHE, log=None) -> Detector:
+    real_tr, real_cal, fam_tr, fam_cal, sources = gather(cfg, families, reals, seed, cache, log)
     if log:
-        log(f"training on {len(real_tr)} real + {len(fake_tr)} fake; calibrating on {len(real_cal)} + {len(fake_cal)}")
-    net = train_net(cfg, real_tr, fake_tr, epochs=epochs, seed=seed, log=log)
-    det = calibrate(net, real_cal, fake_cal, zero_shot=zero_shot, generator=(model, schedule), log=log)
-    det.meta = {"generator": generator_checkpoint,
-                "train": {"command": f"ddpm-guard detector train --input {cfg.input} --epochs {epochs} --seed {seed}",
-                          "real": "mnist5k train, first 320 per digit", "calibration": "mnist5k train, last 80 per digit",
-                          "fake_sources": [s.name for s in TRAIN_SOURCES], "fakes_per_source": N_TRAIN_FAKES,
-                          "epochs": epochs, "seed": seed, "target_fpr": TARGET_FPR}}
+        log(f"training on {len(real_tr)} real + " + ", ".join(f"{k} {len(v)}" for k, v in fam_tr.items())
+            + f"; calibrating on {len(real_cal)} real + {sum(map(len, fam_cal.values()))} fake")
+    net = train_net(cfg, real_tr, fam_tr, epochs=epochs, seed=seed, stay_positive=stay_positive, log=log)
+    generator = None
+    if zero_shot:
+        from generator.checkpoint import load_model
+
+        generator = load_model(None)[:2]
+    fake_cal = torch.cat(list(fam_cal.values()))
+    det = calibrate(net, real_cal, fake_cal, zero_shot=zero_shot, generator=generator, seed=seed, log=log)
+    det.domain_score = fit_domain(det, real_tr, torch.cat(list(fam_tr.values())), real_cal, fake_cal, seed)
+    cmd = " ".join(["ddpm-guard detector train", f"--input {cfg.input}", f"--background-floor {cfg.background_floor}",
+                    f"--epochs {epochs}", f"--seed {seed}"]
+                   + (["--stay-positive"] if stay_positive else [])
+                   + [f"--real {r}" for r in reals or []]
+                   + [f"--fake-generator {f.path or 'bundled'}" if f.kind != "folder" else f"--fake folder:{f.path}"
+                      for f in families])
+    det.meta.update({"generator": None, "train": {
+        "command": cmd, "real": reals or ["mnist5k (train: first 320 per digit; calibration: last 80)"],
+        "families": sources, "fakes_per_source": N_TRAIN_FAKES, "epochs": epochs, "seed": seed,
+        "target_fpr": TARGET_FPR, "augment_p": AUG_P, "stay_positive": stay_positive, "calibration_perturbations": list(CALIBRATION_PERTURBATIONS)}})
+    if loo and len(families) > 1:
+        det.meta["leave_one_out"] = leave_one_out(cfg, real_tr, real_cal, fam_tr, fam_cal,
+                                                  epochs=loo_epochs or epochs, seed=seed,
+                                                  stay_positive=stay_positive, log=log)
     return det

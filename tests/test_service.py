@@ -417,7 +417,7 @@ def test_domain_gate_flags_photographs_and_passes_real_digits():
 
     import skimage
 
-    from detector.predict import DomainRules
+    from detector.domain import DomainRules
     from generator.data import load_dataset
     from generator.image_io import to_uint8
 

@@ -1,0 +1,191 @@
+"""Detector v2: fake families and their plumbing, the shortcut edits, calibration on edited reals, the
+out-of-domain score, and the train/eval commands end to end on tiny inputs."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from generator.errors import GuardError
+from generator.image_io import save_image
+from generator.perturb import jpeg
+from detector.data import background_noise, perturb_for_calibration, real_split, tidy
+from detector.domain import DomainScore, verdict
+from detector.families import FamilyConfig, load_family, sample_family, save_family, train_family
+from detector.model import DetectorConfig
+from detector.sources import family_fakes, folder_family, parse_generator, read_folder, real_images
+from detector.train import calibrate, fit_domain, train_net
+
+TINY = dict(layers=(1, 1, 1, 1), channels=(8, 8, 16, 16))
+CHK = ((torch.arange(28)[:, None] + torch.arange(28)[None]) % 2).float() * 0.5 - 0.25  # a planted generator trace
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("kind", ["vae", "gan"])
+def test_family_trains_saves_and_samples_identically(kind, tmp_path):
+    net = train_family(FamilyConfig(kind=kind, width=8), steps=3, seed=0)
+    save_family(net, tmp_path / kind)
+    again = load_family(tmp_path / kind, device="cpu")
+    a, b = sample_family(net, 5, seed=1), sample_family(again, 5, seed=1)
+    assert a.shape == (5, 1, 28, 28) and torch.equal(a, b)
+    assert torch.equal(((a + 1) * 127.5).round() / 127.5 - 1, a)  # 8-bit, like every image the detector sees
+    fam = parse_generator(str(tmp_path / kind))
+    assert fam.kind == kind
+    first = family_fakes(fam, 6, 3, real=None, cache=tmp_path / "cache")
+    assert list(first) == ["sample"] and first["sample"].shape == (6, 1, 28, 28)
+    assert torch.equal(family_fakes(fam, 6, 3, real=None, cache=tmp_path / "cache")["sample"], first["sample"])
+
+
+def test_source_specs_fail_clearly(tmp_path):
+    assert parse_generator("bundled").kind == "ddpm"
+    with pytest.raises(GuardError, match="not a generator folder"):
+        parse_generator(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"format": "ddpm-guard/detector-v1"}))
+    with pytest.raises(GuardError, match="not a generator this detector can sample"):
+        parse_generator(str(tmp_path))
+    with pytest.raises(GuardError, match="write folder:PATH"):
+        folder_family(str(tmp_path))
+    with pytest.raises(GuardError, match="no such folder"):
+        folder_family(f"folder:{tmp_path / 'missing'}")
+
+
+def test_folder_sources_read_safely_and_split(tmp_path):
+    imgs = real_split("heldout")[:20]
+    for i, x in enumerate(imgs):
+        save_image(x, tmp_path / "r" / f"{i:02d}.png")
+    (tmp_path / "r" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    Image.new("RGB", (60, 60), (200, 10, 10)).save(tmp_path / "r" / "big_colour.png")
+    x = read_folder(tmp_path / "r")
+    assert x.shape == (21, 1, 28, 28)  # the corrupt file is skipped, the colour one fitted to grey 28x28
+    tr = real_images([f"folder:{tmp_path / 'r'}"], "train")
+    cal = real_images([f"folder:{tmp_path / 'r'}"], "calib")
+    assert len(tr) + len(cal) == 21 and len(cal) >= 4
+    flat = lambda t: {bytes(v) for v in ((t + 1) * 127.5).round().to(torch.uint8).reshape(len(t), -1).numpy()}  # noqa: E731
+    assert not flat(tr) & flat(cal)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"nope")
+    with pytest.raises(GuardError, match="no readable images"):
+        read_folder(tmp_path / "bad")
+
+
+def test_shortcut_edits_touch_only_the_background():
+    x = real_split("heldout")[:50]
+    faint = (x + 2 * 10 / 255 * (x <= -1 + 1e-6)).clamp(-1, 1)  # a 10-level grey background
+    t = tidy(faint, 20)
+    bright = x > -1 + 2 * 20 / 255
+    assert torch.equal(t[bright], x[bright]) and (t[~bright] == -1).all()  # strokes above 20 levels stay, the rest is black
+    n = background_noise(x, torch.Generator().manual_seed(0), 4)
+    stroke = x > -1 + 2 * 8 / 255
+    assert torch.equal(n[stroke], x[stroke]) and (n[~stroke] > -1).float().mean() > 0.5
+    assert ((n[~stroke] + 1) * 127.5).max() < 30  # faint
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A tiny detector trained on real digits against two 'families' with planted traces."""
+    real = real_split("train")[::4]  # 800
+    fam = {"chk": (real_split("train")[1::8] + CHK).clamp(-1, 1),
+           "stripes": (real_split("train")[3::8] + CHK[:, :1].expand(28, 28)).clamp(-1, 1)}
+    net = train_net(DetectorConfig(input="raw", **TINY), real, fam, epochs=3, seed=0, device=torch.device("cpu"))
+    cal_real = real_split("calib")
+    cal_fake = torch.cat([(real_split("calib")[:200] + CHK).clamp(-1, 1)])
+    return net, real, torch.cat(list(fam.values())), cal_real, cal_fake
+
+
+def test_threshold_calibrated_on_edited_reals_holds_on_jpeg_reals(planted):
+    """At the stored threshold, JPEG'd real digits (never calibrated on) are flagged at about the target rate;
+    calibrating on clean reals alone gives no such guarantee."""
+    net, _, _, cal_real, cal_fake = planted
+    robust = calibrate(net, cal_real, cal_fake, seed=0)
+    clean_only = calibrate(net, cal_real, cal_fake, perturbations=("clean",), seed=0)
+    held = real_split("heldout")
+    g = torch.Generator().manual_seed(5)
+    q = torch.randint(30, 96, (len(held),), generator=g).tolist()
+    jpeg_reals = jpeg(held, q)
+    fpr = robust.score(jpeg_reals)["synthetic"].mean()
+    assert fpr <= 0.03  # n = 1,000: the calibrated level is 1 %; 3 % is far outside binomial noise
+    assert robust.threshold >= clean_only.threshold
+    assert all(v <= 0.011 for v in robust.meta["calibration_fpr"].values())
+
+
+def test_domain_score_flags_photos_and_text_not_digits(planted):
+    from detector.evaluate import ood_sets
+    from detector.predict import Detector
+
+    net, real_tr, fake_tr, cal_real, cal_fake = planted
+    det = calibrate(net, cal_real, cal_fake, perturbations=("clean",), seed=0)
+    det = Detector(det.net, det.platt, det.threshold, domain_score=fit_domain(det, real_tr, fake_tr, cal_real, cal_fake))
+    held = real_split("heldout")
+    assert (det.score(held)["domain_score"] > 1).mean() <= 0.02
+    sets = ood_sets(0)
+    for name in ("photo crops 28x28 grey, inverted", "text screenshots"):
+        x = torch.stack([torch.from_numpy(np.asarray(im.convert("L").resize((28, 28)), np.float32))[None] / 127.5 - 1
+                         for im in sets[name]])
+        assert (det.score(x)["domain_score"] > 1).mean() >= 0.8, name
+    ok, reason = verdict(True, None, 3.0)
+    assert not ok and "domain score 3.00" in reason
+    assert verdict(False, "a colour image", 0.1) == (False, "a colour image")
+
+
+def test_perturbations_for_calibration_are_seeded_and_8bit():
+    x = real_split("calib")[:12]
+    for kind in ("clean", "jpeg", "blur", "resize", "noise", "tidy"):
+        a = perturb_for_calibration(x, kind, torch.Generator().manual_seed(2))
+        b = perturb_for_calibration(x, kind, torch.Generator().manual_seed(2))
+        assert torch.equal(a, b) and a.shape == x.shape and a.min() >= -1 and a.max() <= 1
+    with pytest.raises(ValueError):
+        perturb_for_calibration(x, "rotate", torch.Generator())
+
+
+def test_train_and_eval_commands_on_folders(tmp_path):
+    """`detector train` on a real folder and two fake folders writes the leave-one-out report and the domain
+    score; `detector eval` on one of them writes the tables, the reliability diagram and the ROC plot."""
+    reals = real_split("heldout")
+    for i in range(60):
+        save_image(reals[i], tmp_path / "real" / f"{i:02d}.png")
+        save_image((reals[100 + i] + CHK).clamp(-1, 1), tmp_path / "chk" / f"{i:02d}.png")
+        save_image((reals[200 + i] + CHK.T).clamp(-1, 1), tmp_path / "chk_t" / f"{i:02d}.png")
+    out = tmp_path / "det"
+    r = _cli("detector", "train", "--out", str(out), "--real", f"folder:{tmp_path / 'real'}",
+             "--fake", f"folder:{tmp_path / 'chk'}", "--fake", f"folder:{tmp_path / 'chk_t'}", "--epochs", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((out / "config.json").read_text())
+    assert set(cfg["leave_one_out"]) == {"chk", "chk_t"}
+    assert set(cfg["leave_one_out"]["chk"]) == {"clean", "tidy", "jpeg75"}
+    assert (out / "domain.safetensors").exists() and DomainScore.load(out) is not None
+    assert set(cfg["train"]["families"]) == {"chk", "chk_t"}
+    r = _cli("detector", "eval", "--detector", str(out), "--fake", f"folder:{tmp_path / 'chk'}", "--out",
+             str(tmp_path / "ev"), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(r.stdout)
+    assert set(rep["perturbations"]) >= {"clean", "tidy", "jpeg75", "jpeg50", "blur1", "noise0.05"}
+    assert "real_fpr_at_threshold" in rep["perturbations"]["jpeg75"] and "chk" in rep["perturbations"]["clean"]
+    assert rep["families"]["chk"]["trained_on"] is True
+    assert rep["out_of_domain"]["photographs"]["flagged"] == 1.0
+    assert 0 <= rep["reliability"]["ece"] <= 1
+    assert (tmp_path / "ev" / "detector_reliability.png").exists()
+    r = _cli("detector", "train", "--out", str(tmp_path / "d2"), "--fake", f"folder:{tmp_path / 'nope'}")
+    assert r.returncode == 2 and "no such folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_background_floor_makes_the_score_blind_to_background_edits():
+    from detector.model import DetectorNet
+
+    torch.manual_seed(0)
+    net = DetectorNet(DetectorConfig(input="raw", background_floor=32, **TINY)).eval()
+    x = real_split("heldout")[:16]
+    faint = (x + 2 * 10 / 255 * (x <= -1 + 1e-6)).clamp(-1, 1)
+    noisy = background_noise(x, torch.Generator().manual_seed(1), 4)
+    with torch.no_grad():
+        base = net(tidy(x, 32))
+        assert torch.allclose(net(faint), base) and torch.allclose(net(noisy), base) and torch.allclose(net(x), base)
+        plain = DetectorNet(DetectorConfig(input="raw", **TINY)).eval()
+        plain.load_state_dict(net.state_dict())
+        assert not torch.allclose(plain(faint), plain(x))  # without the floor the background moves the score
