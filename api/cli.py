@@ -382,7 +382,7 @@ def cmd_detector_train(a: argparse.Namespace) -> int:
         raise GuardError(f"{a.out}: cannot create the output folder ({e.strerror})") from None
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     det = fit_detector(DetectorConfig(input=a.input, background_floor=a.background_floor), families=families, reals=a.real, epochs=a.epochs, seed=a.seed,
-                       stay_positive=a.stay_positive, zero_shot=a.zero_shot, loo=not a.no_loo, loo_epochs=a.loo_epochs, log=log)
+                       aug_p=a.augment_p, stay_positive=a.stay_positive, zero_shot=a.zero_shot, loo=not a.no_loo, loo_epochs=a.loo_epochs, log=log)
     det.save(a.out)
     print(json.dumps({"out": str(a.out), "threshold": det.threshold, "calibration_fpr": det.meta.get("calibration_fpr"),
                       "leave_one_out": det.meta.get("leave_one_out")}))
@@ -692,12 +692,14 @@ def build_parser() -> argparse.ArgumentParser:
     dtr.add_argument("--input", choices=["raw", "npr", "both"], default="raw", help="network input (default raw)")
     dtr.add_argument("--background-floor", type=_nonnegative_int, default=32,
                      help="8-bit levels at or below which pixels are set to black before the network (default 32; 0 off)")
-    dtr.add_argument("--epochs", type=_positive_int, default=30, help="passes over the reals (default 30)")
+    dtr.add_argument("--epochs", type=_positive_int, default=100, help="passes over the reals (default 100)")
     dtr.add_argument("--seed", type=int, default=0)
+    dtr.add_argument("--augment-p", type=float, default=0.5,
+                     help="probability of each augmentation per image, the same for both classes (default 0.5)")
     dtr.add_argument("--stay-positive", action="store_true",
                      help="clamp the last layer's weights to >= 0 (Rajan & Lee 2025): only evidence of 'synthetic' counts")
     dtr.add_argument("--no-loo", action="store_true", help="skip the leave-one-family-out report (one training per family)")
-    dtr.add_argument("--loo-epochs", type=_positive_int, default=None, help="epochs of each leave-one-out run (default --epochs)")
+    dtr.add_argument("--loo-epochs", type=_positive_int, default=40, help="epochs of each leave-one-out run (default 40)")
     dtr.add_argument("--zero-shot", action="store_true", help="also fit the DIRE fusion (bundled generator; slow)")
     dtr.set_defaults(func=cmd_detector_train)
     dev = dt.add_parser("eval", help="per family x perturbation: AUC, TPR@1%%FPR, real FPR at the stored threshold; "

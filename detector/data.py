@@ -1,10 +1,10 @@
-"""Real and fake sets for the detector, stored identically, and the augmentation both classes share.
+"""Real and fake sets for the detector, stored identically, and the edits both classes share.
 
 Real: the mnist5k training digits, split per digit into detector-train (first 320 of each digit) and
 calibration (last 80). The 1,000 held-out digits are used for evaluation only.
-Fake: samples of a generator from several samplers, so no one sampler is a shortcut, plus "aligned"
-fakes (real digits noised to t in [100, 600] and denoised by the model; close to real, so the
-classifier has to learn the generator's traces rather than the content).
+Fake: samples of a DDPM from several samplers, so no one sampler is a shortcut, plus "aligned" fakes
+(real digits noised to t and denoised by the model; close to real, so the classifier has to learn the
+generator's traces rather than the content). detector.sources groups them into families.
 
 Both classes are stored as 8-bit images (what a PNG holds): the format can never tell them apart.
 """
@@ -124,21 +124,10 @@ def cached_fakes(model, schedule, source: FakeSource, n: int, seed: int, cache: 
     return x
 
 
-N_TRAIN_FAKES = 300  # per training source: the first 240 train, the last 60 calibrate (as for real digits)
-N_EVAL_FAKES = 150  # per source, fresh seeds, for evaluation
-
-
 def fake_sets(model, schedule, sources: tuple[FakeSource, ...], n: int, seed: int, real: torch.Tensor,
               cache: Path | None = None, log=None) -> dict[str, torch.Tensor]:
     """{source name: fakes}; source i uses seed + i, so adding a source does not change the others."""
     return {src.name: cached_fakes(model, schedule, src, n, seed + i, cache, real, log) for i, src in enumerate(sources)}
-
-
-def build_all(model, schedule, cache: Path, seed: int = 0, log=None) -> None:
-    """Make (or find in the cache) every fake set that training and evaluation use."""
-    fake_sets(model, schedule, TRAIN_SOURCES, N_TRAIN_FAKES, 1000 + seed, real_split("train"), cache, log)
-    fake_sets(model, schedule, TRAIN_SOURCES + HELDOUT_SOURCES, N_EVAL_FAKES, 2000 + seed, real_split("heldout"),
-              cache, log)
 
 
 # ---- augmentation: identical for both classes --------------------------------------------------

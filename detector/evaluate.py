@@ -32,7 +32,7 @@ from detector.predict import Detector
 from detector.sources import Family, family_fakes
 
 TIDY_LEVEL, BACKGROUND_AMPLITUDE = 20, 4  # the shortcut test (8-bit levels): fakes <= 20 -> 0; reals' background +|N(0, 4)|
-N_EVAL_PER_SOURCE = 150  # bundled DDPM: 11 sampler settings x 150; other DDPMs: 4 x 150; VAE/GAN/folders: 600
+N_EVAL_PER_SOURCE = 150  # bundled DDPM: 11 sampler settings x 150; other DDPMs: 5 x 150; VAE/GAN: 600
 
 PERTURBATIONS = {  # (reals, fakes, generator) -> (reals, fakes); the same edit on both classes except "tidy"
     "clean": lambda r, f, g: (r, f),
@@ -65,7 +65,7 @@ def eval_fakes(family: Family, n: int, seed: int, real: torch.Tensor, cache: Pat
 
         model, schedule, _ = load_model(None)
         return fake_sets(model, schedule, TRAIN_SOURCES + HELDOUT_SOURCES, n, seed, real, cache, log)
-    return family_fakes(family, n if family.kind == "ddpm" else 4 * n, seed, real, cache, log)
+    return family_fakes(family, n, seed, real, cache, log)
 
 
 def evaluate_detector(det: Detector, families: list[Family], *, seed: int = 0, cache: Path | None = None,

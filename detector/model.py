@@ -26,7 +26,7 @@ class DetectorConfig:
     arch: str = "resnet18"  # a timm ResNet name; `layers` and `channels` below override its depth and width
     layers: tuple[int, ...] = (1, 1, 1, 1)  # blocks per stage: shallow, for 28x28 digits and a 2-core CPU
     channels: tuple[int, ...] = (16, 32, 64, 128)  # stage widths: ~0.7 M parameters
-    input: str = "npr"  # raw | npr | both (see the module docstring)
+    input: str = "raw"  # raw | npr | both (see the module docstring); raw held up best leaving a family out (BENCHMARKS.md)
     in_chans: int = 1  # image channels (1 grey, 3 colour); "both" doubles what the network sees
     image_size: int = 28  # images are fitted to this size before scoring
     # pixels at or below this many 8-bit levels are set to black before the network sees them, in training and

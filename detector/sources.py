@@ -27,6 +27,7 @@ from detector.data import TRAIN_SOURCES, FakeSource, cached_fakes, real_split
 
 BUNDLED = "bundled"
 FOLDER_PREFIX = "folder:"
+SAMPLED_FACTOR = 4  # a VAE/GAN family is one source; it gets this many times a DDPM source's fakes
 SPLIT_FRAC = 0.8  # of each real folder and each fake source: the first 80 % train, the rest calibrate
 
 
@@ -137,10 +138,11 @@ def family_fakes(family: Family, n_per_source: int, seed: int, real: torch.Tenso
     if family.kind in ("vae", "gan"):
         from detector.families import load_family, sample_family
 
-        path = Path(cache) / f"{family.cache_tag}sample-n{n_per_source}-seed{seed}.npy" if cache else None
+        n = SAMPLED_FACTOR * n_per_source  # one source: as many fakes as a DDPM family's sources together
+        path = Path(cache) / f"{family.cache_tag}sample-n{n}-seed{seed}.npy" if cache else None
         if path is not None and path.exists():
             return {"sample": torch.from_numpy(np.load(path)).float() / 127.5 - 1.0}
-        x = sample_family(load_family(family.path, device="cpu"), n_per_source, seed)
+        x = sample_family(load_family(family.path, device="cpu"), n, seed)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, ((x + 1) * 127.5).round().to(torch.uint8).numpy())

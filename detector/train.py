@@ -43,7 +43,7 @@ N_TRAIN_FAKES = 300  # per source of a generator family
 
 
 def train_net(cfg: DetectorConfig, real: torch.Tensor, fakes: torch.Tensor | dict[str, torch.Tensor], *,
-              epochs: int = 30, batch_size: int = 128, lr: float = 2e-3, aug_p: float = AUG_P, seed: int = 0,
+              epochs: int = 100, batch_size: int = 128, lr: float = 2e-3, aug_p: float = AUG_P, seed: int = 0,
               stay_positive: bool = False, device: torch.device | None = None, log=None) -> DetectorNet:
     """BCE on balanced batches: half reals, half fakes drawn evenly over the families; one epoch is one pass
     over the reals. Both halves go through the same `augment` in one call.
@@ -126,7 +126,7 @@ def fit_domain(det: Detector, real_tr: torch.Tensor, fake_tr: torch.Tensor, real
 
 
 def leave_one_out(cfg: DetectorConfig, real_tr, real_cal, fam_tr: dict, fam_cal: dict, *, epochs: int, seed: int,
-                  stay_positive: bool = False, log=None, only: list[str] | None = None) -> dict:
+                  aug_p: float = AUG_P, stay_positive: bool = False, log=None, only: list[str] | None = None) -> dict:
     """For each family: train without it, calibrate on the others, score it (never seen) against the reals."""
     from detector.evaluate import PERTURBATIONS, metrics
 
@@ -135,7 +135,7 @@ def leave_one_out(cfg: DetectorConfig, real_tr, real_cal, fam_tr: dict, fam_cal:
         if log:
             log(f"leave-one-out: holding out {held}")
         others = {k: v for k, v in fam_tr.items() if k != held}
-        net = train_net(cfg, real_tr, others, epochs=epochs, seed=seed, stay_positive=stay_positive)
+        net = train_net(cfg, real_tr, others, epochs=epochs, seed=seed, aug_p=aug_p, stay_positive=stay_positive)
         det = calibrate(net, real_cal, torch.cat([v for k, v in fam_cal.items() if k != held]), seed=seed)
         row = {}
         for name in ("clean", "tidy", "jpeg75"):
@@ -164,13 +164,14 @@ def gather(cfg: DetectorConfig, families: list[Family], reals: list[str] | None,
 
 
 def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, families: list[Family], reals: list[str] | None = None,
-                 epochs: int = 30, seed: int = 0, stay_positive: bool = False, zero_shot: bool = False, loo: bool = True,
+                 epochs: int = 100, seed: int = 0, aug_p: float = AUG_P, stay_positive: bool = False,
+                 zero_shot: bool = False, loo: bool = True,
                  loo_epochs: int | None = None, cache: Path | None = FAKE_CACHE, log=None) -> Detector:
     real_tr, real_cal, fam_tr, fam_cal, sources = gather(cfg, families, reals, seed, cache, log)
     if log:
         log(f"training on {len(real_tr)} real + " + ", ".join(f"{k} {len(v)}" for k, v in fam_tr.items())
             + f"; calibrating on {len(real_cal)} real + {sum(map(len, fam_cal.values()))} fake")
-    net = train_net(cfg, real_tr, fam_tr, epochs=epochs, seed=seed, stay_positive=stay_positive, log=log)
+    net = train_net(cfg, real_tr, fam_tr, epochs=epochs, seed=seed, aug_p=aug_p, stay_positive=stay_positive, log=log)
     generator = None
     if zero_shot:
         from generator.checkpoint import load_model
@@ -180,7 +181,7 @@ def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, families: list[Famil
     det = calibrate(net, real_cal, fake_cal, zero_shot=zero_shot, generator=generator, seed=seed, log=log)
     det.domain_score = fit_domain(det, real_tr, torch.cat(list(fam_tr.values())), real_cal, fake_cal, seed)
     cmd = " ".join(["ddpm-guard detector train", f"--input {cfg.input}", f"--background-floor {cfg.background_floor}",
-                    f"--epochs {epochs}", f"--seed {seed}"]
+                    f"--epochs {epochs}", f"--augment-p {aug_p}", f"--seed {seed}"]
                    + (["--stay-positive"] if stay_positive else [])
                    + [f"--real {r}" for r in reals or []]
                    + [f"--fake-generator {f.path or 'bundled'}" if f.kind != "folder" else f"--fake folder:{f.path}"
@@ -188,9 +189,9 @@ def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, families: list[Famil
     det.meta.update({"generator": None, "train": {
         "command": cmd, "real": reals or ["mnist5k (train: first 320 per digit; calibration: last 80)"],
         "families": sources, "fakes_per_source": N_TRAIN_FAKES, "epochs": epochs, "seed": seed,
-        "target_fpr": TARGET_FPR, "augment_p": AUG_P, "stay_positive": stay_positive, "calibration_perturbations": list(CALIBRATION_PERTURBATIONS)}})
+        "target_fpr": TARGET_FPR, "augment_p": aug_p, "stay_positive": stay_positive, "calibration_perturbations": list(CALIBRATION_PERTURBATIONS)}})
     if loo and len(families) > 1:
         det.meta["leave_one_out"] = leave_one_out(cfg, real_tr, real_cal, fam_tr, fam_cal,
-                                                  epochs=loo_epochs or epochs, seed=seed,
+                                                  epochs=loo_epochs or epochs, seed=seed, aug_p=aug_p,
                                                   stay_positive=stay_positive, log=log)
     return det

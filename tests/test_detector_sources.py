@@ -39,7 +39,7 @@ def test_family_trains_saves_and_samples_identically(kind, tmp_path):
     fam = parse_generator(str(tmp_path / kind))
     assert fam.kind == kind
     first = family_fakes(fam, 6, 3, real=None, cache=tmp_path / "cache")
-    assert list(first) == ["sample"] and first["sample"].shape == (6, 1, 28, 28)
+    assert list(first) == ["sample"] and first["sample"].shape == (24, 1, 28, 28)  # one source: 4x a DDPM source
     assert torch.equal(family_fakes(fam, 6, 3, real=None, cache=tmp_path / "cache")["sample"], first["sample"])
 
 
@@ -154,7 +154,7 @@ def test_train_and_eval_commands_on_folders(tmp_path):
         save_image((reals[200 + i] + CHK.T).clamp(-1, 1), tmp_path / "chk_t" / f"{i:02d}.png")
     out = tmp_path / "det"
     r = _cli("detector", "train", "--out", str(out), "--real", f"folder:{tmp_path / 'real'}",
-             "--fake", f"folder:{tmp_path / 'chk'}", "--fake", f"folder:{tmp_path / 'chk_t'}", "--epochs", "1")
+             "--fake", f"folder:{tmp_path / 'chk'}", "--fake", f"folder:{tmp_path / 'chk_t'}", "--epochs", "1", "--loo-epochs", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = json.loads((out / "config.json").read_text())
     assert set(cfg["leave_one_out"]) == {"chk", "chk_t"}

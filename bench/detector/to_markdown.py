@@ -42,11 +42,13 @@ def eval_tables(rep: dict) -> None:
 
 
 def loo_table(lines: list[dict]) -> None:
-    print("| input | stay-positive | held-out family | clean AUC / TPR@1% | tidy AUC / TPR@1% | JPEG75 AUC / TPR@1% | tidy FPR@thr |")
-    print("|---|---|---|---|---|---|---|")
+    print("| input | floor | stay-positive | held-out family | clean AUC / TPR@1% | tidy AUC / TPR@1% | JPEG75 AUC / TPR@1% "
+          "| tidy real FPR@thr |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in lines:
         cells = [f"{r[k]['auc']:.3f} / {r[k]['tpr_at_1pct_fpr']:.2f}" for k in ("clean", "tidy", "jpeg75")]
-        print(f"| {r['input']} | {'yes' if r.get('stay_positive') else ''} | {r['held_out']} | " + " | ".join(cells)
+        print(f"| {r['input']} | {r.get('background_floor', 0)} | {'yes' if r.get('stay_positive') else ''} | {r['held_out']} | "
+              + " | ".join(cells)
               + f" | {r['tidy']['fpr_at_threshold']:.3f} |")
 
 
