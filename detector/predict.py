@@ -142,7 +142,8 @@ def load_detector(folder: str | Path | None = None, device: str | torch.device |
 def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = False, batch_size: int = 256,
                  progress: bool = False) -> list[dict]:
     """One row per image: {path, p_synthetic, synthetic, in_domain, reason, scores} or {path, error} for a file
-    that cannot be read. `in_domain` false means the verdict is not to be trusted (see detector.domain).
+    that cannot be read. `in_domain` false means the detector does not know this kind of image (see
+    detector.domain): `synthetic` is then None, not a verdict.
     Files are decoded one by one (each through the safe decoder) and scored in batches."""
     cfg = detector.config
     mode = "L" if cfg.in_chans == 1 else "RGB"
@@ -158,8 +159,9 @@ def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = Fals
         score_keys = [k for k in ("classifier", "classifier_logit", "domain_score", "dire", "fused") if k in s]
         for j, (i, _, rules) in enumerate(pending):
             ok, reason = verdict(*rules, float(s["domain_score"][j]) if "domain_score" in s else None)
-            rows[i].update(p_synthetic=float(s["p_synthetic"][j]), synthetic=bool(s["synthetic"][j]), in_domain=ok,
-                           reason=reason, scores={k: float(s[k][j]) for k in score_keys})
+            # out of domain: the score is reported, but no verdict is given on an image the detector does not know
+            rows[i].update(p_synthetic=float(s["p_synthetic"][j]), synthetic=bool(s["synthetic"][j]) if ok else None,
+                           in_domain=ok, reason=reason, scores={k: float(s[k][j]) for k in score_keys})
         pending.clear()
 
     for i, (p, problem) in enumerate(tqdm(items, disable=not progress, desc="detect", leave=False)):

@@ -183,7 +183,8 @@ def test_bundled_detector_flags_photos_and_text_out_of_domain(tmp_path):
     rows = {r["path"].rsplit("/", 1)[1]: r for r in detect_files([str(tmp_path)], det)}
     assert rows["digit.png"]["in_domain"] is True and rows["digit.png"]["reason"] is None
     flagged = [r for k, r in rows.items() if k != "digit.png" and not r["in_domain"]]
-    assert len(flagged) >= 36 and all(r["reason"] for r in flagged)
+    assert len(flagged) >= 36 and all(r["reason"] and r["synthetic"] is None for r in flagged)
+    assert isinstance(rows["digit.png"]["synthetic"], bool)
 
 
 def test_detector_train_refuses_an_unwritable_out_before_working(tmp_path):
