@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from generator.data import load_dataset
 from generator.image_io import quantize
-from generator.perturb import gaussian_blur, jpeg, resize_and_back
+from generator.perturb import background_noise, gaussian_blur, gaussian_noise, jpeg, resize_and_back, tidy
 from generator.pipeline import generate
 from generator.samplers import denoise_from
 
@@ -132,22 +132,6 @@ def fake_sets(model, schedule, sources: tuple[FakeSource, ...], n: int, seed: in
 
 # ---- augmentation: identical for both classes --------------------------------------------------
 
-def tidy(x: torch.Tensor, level: float | torch.Tensor) -> torch.Tensor:
-    """Set every pixel at or below `level` (8-bit levels, one value or one per image) to exactly black:
-    what anyone tidying a fake does to its faint grey background."""
-    lv = torch.as_tensor(level, dtype=x.dtype).reshape(-1, 1, 1, 1) if torch.is_tensor(level) else level
-    return torch.where(x <= -1 + 2 * lv / 255, torch.full_like(x, -1.0), x)
-
-
-def background_noise(x: torch.Tensor, gen: torch.Generator, amplitude: float | torch.Tensor,
-                     background: float = 8.0) -> torch.Tensor:
-    """Faint noise on the background only (pixels at or below `background` levels): |N(0, a^2)| in 8-bit
-    levels, one amplitude or one per image. A real digit photographed or re-rendered gets this."""
-    a = torch.as_tensor(amplitude, dtype=x.dtype).reshape(-1, 1, 1, 1)
-    bg = x <= -1 + 2 * background / 255
-    return torch.where(bg, (x + 2 * a / 255 * torch.randn(x.shape, generator=gen).abs()).clamp(-1, 1), x)
-
-
 def augment(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
     """Each image independently, each operation with probability p (JPEG: always p, at q30-100 as
     CNNDetection and Rajan et al. train): resize x0.5-1 and back, blur sigma 0-1.5, shifts of up to 2 px,
@@ -182,7 +166,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tens
         if u[i, 4] < p / 2:
             img = background_noise(img, gen, float(amp[i]))
         if u[i, 5] < p / 2:
-            img = (img + 2 * std[i] * torch.randn(img.shape, generator=gen)).clamp(-1, 1)
+            img = gaussian_noise(img, gen, float(std[i]))
         if u[i, 6] < p / 4:
             k = int(cut[i])
             y0, x0 = int(pos[i, 0] * (h - k)), int(pos[i, 1] * (w - k))
@@ -210,7 +194,7 @@ def perturb_for_calibration(x: torch.Tensor, kind: str, gen: torch.Generator) ->
         return torch.cat([resize_and_back(x[i:i + 1], float(f[i])) for i in range(n)])
     if kind == "noise":
         s = 0.01 + 0.07 * torch.rand(n, generator=gen)
-        return quantize((x + 2 * s[:, None, None, None] * torch.randn(x.shape, generator=gen)).clamp(-1, 1))
+        return quantize(gaussian_noise(x, gen, s))
     if kind == "tidy":  # both shortcut edits: a tidied background, or faint noise on it
         half = torch.rand(n, generator=gen) < 0.5
         a = tidy(x, 4 + 44 * torch.rand(n, generator=gen))

@@ -26,24 +26,37 @@ from PIL import Image, ImageDraw
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from generator.image_io import decode_image, fit_to, quantize, read_bytes, to_tensor
-from generator.perturb import gaussian_blur, gaussian_noise, jpeg, resize_and_back
-from detector.data import HELDOUT_SOURCES, TRAIN_SOURCES, background_noise, fake_sets, real_split, tidy
+from generator.perturb import background_noise, gaussian_blur, gaussian_noise, jpeg, resize_and_back, tidy
+from detector.data import HELDOUT_SOURCES, TRAIN_SOURCES, fake_sets, real_split
 from detector.predict import Detector
 from detector.sources import Family, family_fakes
 
 TIDY_LEVEL, BACKGROUND_AMPLITUDE = 20, 4  # the shortcut test (8-bit levels): fakes <= 20 -> 0; reals' background +|N(0, 4)|
 N_EVAL_PER_SOURCE = 150  # bundled DDPM: 11 sampler settings x 150; other DDPMs: 5 x 150; VAE/GAN: 600
 
-PERTURBATIONS = {  # (reals, fakes, generator) -> (reals, fakes); the same edit on both classes except "tidy"
-    "clean": lambda r, f, g: (r, f),
-    "tidy": lambda r, f, g: (quantize(background_noise(r, g, BACKGROUND_AMPLITUDE)), tidy(f, TIDY_LEVEL)),
-    "jpeg90": lambda r, f, g: (jpeg(r, 90), jpeg(f, 90)),
-    "jpeg75": lambda r, f, g: (jpeg(r, 75), jpeg(f, 75)),
-    "jpeg50": lambda r, f, g: (jpeg(r, 50), jpeg(f, 50)),
-    "blur1": lambda r, f, g: (gaussian_blur(r, 1.0), gaussian_blur(f, 1.0)),
-    "resize0.5": lambda r, f, g: (resize_and_back(r, 0.5), resize_and_back(f, 0.5)),
-    "noise0.05": lambda r, f, g: (gaussian_noise(r, g, 0.05), gaussian_noise(f, g, 0.05)),
+def _same(op):
+    """An edit applied alike to reals and fakes."""
+    return op, op
+
+
+# name -> (edit of the reals, edit of the fakes), each (images, generator) -> images; alike except "tidy"
+PERTURBATIONS = {
+    "clean": _same(lambda x, g: x),
+    "tidy": (lambda x, g: quantize(background_noise(x, g, BACKGROUND_AMPLITUDE)), lambda x, g: tidy(x, TIDY_LEVEL)),
+    "jpeg90": _same(lambda x, g: jpeg(x, 90)),
+    "jpeg75": _same(lambda x, g: jpeg(x, 75)),
+    "jpeg50": _same(lambda x, g: jpeg(x, 50)),
+    "blur1": _same(lambda x, g: gaussian_blur(x, 1.0)),
+    "resize0.5": _same(lambda x, g: resize_and_back(x, 0.5)),
+    "noise0.05": _same(lambda x, g: gaussian_noise(x, g, 0.05)),
 }
+
+
+def edit_pair(name: str, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(edited reals, edited fakes): the reals draw from `gen` first, then the fakes."""
+    edit_real, edit_fake = PERTURBATIONS[name]
+    r = edit_real(real, gen)
+    return r, edit_fake(fake, gen)
 
 
 def metrics(p_real: np.ndarray, p_fake: np.ndarray, threshold: float | None = None) -> dict:
@@ -85,15 +98,16 @@ def evaluate_detector(det: Detector, families: list[Family], *, seed: int = 0, c
             report["sources"][f"{fam}/{src}"] = metrics(p_real, det.score(x)["p_synthetic"], thr)
     groups = {"trained families": [f for f in fakes if f in trained], "unseen families": [f for f in fakes if f not in trained]}
     curves, all_clean = {}, None
-    for pname, fn in PERTURBATIONS.items():
+    for pname, (edit_real, edit_fake) in PERTURBATIONS.items():
         if log:
             log(f"perturbation {pname}")
         row, pf_by_family = {}, {}
+        g = torch.Generator().manual_seed(seed)
+        pr = det.score(edit_real(real, g))["p_synthetic"]  # once per edit; each family's fakes then draw from the same state
+        after_real = g.get_state()
         for fam, srcs in fakes.items():
-            g = torch.Generator().manual_seed(seed)
-            r, f = fn(real, torch.cat(list(srcs.values())), g)
-            pr = det.score(r)["p_synthetic"]  # the reals' edit is seeded the same for every family
-            pf_by_family[fam] = det.score(f)["p_synthetic"]
+            g.set_state(after_real)
+            pf_by_family[fam] = det.score(edit_fake(torch.cat(list(srcs.values())), g))["p_synthetic"]
             row[fam] = metrics(pr, pf_by_family[fam], thr)
         for gname, names in groups.items():
             if names:
@@ -223,7 +237,7 @@ def out_of_domain(det: Detector, real: torch.Tensor, fakes: dict, seed: int = 0)
     g = torch.Generator().manual_seed(seed)
     in_domain = {"real digits, clean": real}
     for pname in ("tidy", "jpeg75", "jpeg50", "blur1", "resize0.5", "noise0.05"):
-        in_domain[f"real digits, {pname}"] = PERTURBATIONS[pname](real, real[:1], g)[0]
+        in_domain[f"real digits, {pname}"] = PERTURBATIONS[pname][0](real, g)
     for fam, srcs in fakes.items():
         in_domain[f"fakes: {fam}"] = torch.cat(list(srcs.values()))
     out["false flags on in-domain images"] = {k: domain_flags(det, _as_pils(v)) for k, v in in_domain.items()}

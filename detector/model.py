@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generator.perturb import tidy
+
 INPUTS = ("raw", "npr", "both")
 
 
@@ -72,7 +74,7 @@ class DetectorNet(nn.Module):
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.background_floor:
-            x = torch.where(x <= -1 + 2 * self.config.background_floor / 255, torch.full_like(x, -1.0), x)
+            x = tidy(x, self.config.background_floor)
         if self.config.input == "npr":
             return npr(x) * 4  # the residual is small; x4 keeps its scale near the image's
         if self.config.input == "both":

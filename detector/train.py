@@ -128,7 +128,7 @@ def fit_domain(det: Detector, real_tr: torch.Tensor, fake_tr: torch.Tensor, real
 def leave_one_out(cfg: DetectorConfig, real_tr, real_cal, fam_tr: dict, fam_cal: dict, *, epochs: int, seed: int,
                   aug_p: float = AUG_P, stay_positive: bool = False, log=None, only: list[str] | None = None) -> dict:
     """For each family: train without it, calibrate on the others, score it (never seen) against the reals."""
-    from detector.evaluate import PERTURBATIONS, metrics
+    from detector.evaluate import edit_pair, metrics
 
     report = {}
     for held in only or list(fam_tr):
@@ -139,7 +139,7 @@ def leave_one_out(cfg: DetectorConfig, real_tr, real_cal, fam_tr: dict, fam_cal:
         det = calibrate(net, real_cal, torch.cat([v for k, v in fam_cal.items() if k != held]), seed=seed)
         row = {}
         for name in ("clean", "tidy", "jpeg75"):
-            r, f = PERTURBATIONS[name](real_cal, fam_cal[held], torch.Generator().manual_seed(seed))
+            r, f = edit_pair(name, real_cal, fam_cal[held], torch.Generator().manual_seed(seed))
             m = metrics(det.score(r)["p_synthetic"], det.score(f)["p_synthetic"], det.threshold)
             row[name] = {k: m[k] for k in ("auc", "tpr_at_1pct_fpr", "tpr_at_threshold", "fpr_at_threshold")}
         report[held] = row

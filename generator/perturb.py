@@ -1,5 +1,6 @@
 """Image perturbations shared by the watermark's robustness suite and the detector's augmentation
-and evaluation: rotation, JPEG, random resized crop, blur, noise, brightness, resize, median filter.
+and evaluation: rotation, JPEG, random resized crop, blur, noise, brightness, resize, median filter,
+and the background edits (tidy: near-black to black; faint noise on the background only).
 
 Every function takes a batch (B, C, H, W) in [-1, 1] and a torch.Generator and returns a batch in
 [-1, 1] of the same shape. Pixel arithmetic happens in float on [0, 1] and is clamped, never
@@ -60,9 +61,27 @@ def gaussian_blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     return TF.gaussian_blur(x, kernel_size=[k, k], sigma=[sigma, sigma]).clamp(-1, 1)
 
 
-def gaussian_noise(x: torch.Tensor, gen: torch.Generator, std: float = 0.1) -> torch.Tensor:
-    """Additive N(0, std^2) on [0, 1] pixels, clamped to [0, 1] (no uint8 wrap-around)."""
-    return _from01(_to01(x) + std * torch.randn(x.shape, generator=gen))
+def gaussian_noise(x: torch.Tensor, gen: torch.Generator, std: float | torch.Tensor = 0.1) -> torch.Tensor:
+    """Additive N(0, std^2) on [0, 1] pixels, clamped to [0, 1] (no uint8 wrap-around); `std` is one value
+    or one per image."""
+    s = std.reshape(-1, 1, 1, 1) if torch.is_tensor(std) else std
+    return _from01(_to01(x) + s * torch.randn(x.shape, generator=gen))
+
+
+def tidy(x: torch.Tensor, level: float | torch.Tensor) -> torch.Tensor:
+    """Set every pixel at or below `level` (8-bit levels, one value or one per image) to exactly black:
+    what anyone tidying a fake does to its faint grey background."""
+    lv = torch.as_tensor(level, dtype=x.dtype).reshape(-1, 1, 1, 1) if torch.is_tensor(level) else level
+    return torch.where(x <= -1 + 2 * lv / 255, torch.full_like(x, -1.0), x)
+
+
+def background_noise(x: torch.Tensor, gen: torch.Generator, amplitude: float | torch.Tensor,
+                     background: float = 8.0) -> torch.Tensor:
+    """Faint noise on the background only (pixels at or below `background` levels): |N(0, a^2)| in 8-bit
+    levels, one amplitude or one per image. A real digit photographed or re-rendered gets this."""
+    a = torch.as_tensor(amplitude, dtype=x.dtype).reshape(-1, 1, 1, 1)
+    bg = x <= -1 + 2 * background / 255
+    return torch.where(bg, (x + 2 * a / 255 * torch.randn(x.shape, generator=gen).abs()).clamp(-1, 1), x)
 
 
 def brightness(x: torch.Tensor, factor: float) -> torch.Tensor:
