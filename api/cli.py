@@ -381,7 +381,7 @@ def cmd_detector_train(a: argparse.Namespace) -> int:
     except OSError as e:
         raise GuardError(f"{a.out}: cannot create the output folder ({e.strerror})") from None
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    det = fit_detector(DetectorConfig(input=a.input, background_floor=a.background_floor), families=families, reals=a.real, epochs=a.epochs, seed=a.seed,
+    det = fit_detector(DetectorConfig(input=a.input, background_floor=a.background_floor, stats=not a.no_stats), families=families, reals=a.real, epochs=a.epochs, seed=a.seed,
                        aug_p=a.augment_p, stay_positive=a.stay_positive, zero_shot=a.zero_shot, loo=not a.no_loo, loo_epochs=a.loo_epochs, log=log)
     det.save(a.out)
     print(json.dumps({"out": str(a.out), "threshold": det.threshold, "calibration_fpr": det.meta.get("calibration_fpr"),
@@ -692,6 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
     dtr.add_argument("--input", choices=["raw", "npr", "both"], default="raw", help="network input (default raw)")
     dtr.add_argument("--background-floor", type=_nonnegative_int, default=32,
                      help="8-bit levels at or below which pixels are set to black before the network (default 32; 0 off)")
+    dtr.add_argument("--no-stats", action="store_true",
+                     help="CNN only: leave out the stroke-statistics branch (level histogram, core flatness) fused with it")
     dtr.add_argument("--epochs", type=_positive_int, default=100, help="passes over the reals (default 100)")
     dtr.add_argument("--seed", type=int, default=0)
     dtr.add_argument("--augment-p", type=float, default=0.5,

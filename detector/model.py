@@ -7,6 +7,9 @@
   only the local pixel correlations that up-sampling layers leave behind, and trains from scratch.
 - input "both" stacks the image and its residual as channels.
 - background_floor: the near-black background is flattened before any of this (see the config).
+- stats: a second branch, late-fused: the stroke statistics of detector.stats (the level histogram at the top
+  of the range, the flatness of the stroke cores; of the image and of its 3x3 median) through a small MLP, concatenated with the CNN's pooled
+  features before the last linear layer.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from generator.perturb import tidy
+from detector.stats import N_STATS, branch_statistics
 
 INPUTS = ("raw", "npr", "both")
 
@@ -35,6 +39,7 @@ class DetectorConfig:
     # in use: a generator's faint grey background (and a forger's tidying of it, or a real scan's faint noise)
     # then carries no evidence either way, so the verdict has to rest on the strokes. 0 turns it off.
     background_floor: int = 0
+    stats: bool = False  # late-fuse the stroke-statistics branch (detector.stats) with the CNN
 
     @classmethod
     def from_dict(cls, d: dict) -> "DetectorConfig":
@@ -70,11 +75,14 @@ class DetectorNet(nn.Module):
         # no early striding: the stem's stride-2 conv becomes stride 1, and the max-pool goes
         net.conv1[0].stride = (1, 1)
         net.maxpool = nn.Identity()
+        if cfg.stats:  # the last layer sees the CNN's pooled features and the statistics branch's
+            n = 2 * cfg.in_chans * N_STATS
+            self.stats_mlp = nn.Sequential(nn.BatchNorm1d(n), nn.Linear(n, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+            net.fc = nn.Linear(net.num_features + 64, 1)
         self.net = net
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.background_floor:
-            x = tidy(x, self.config.background_floor)
+        """What the CNN sees of an image whose background is already floored."""
         if self.config.input == "npr":
             return npr(x) * 4  # the residual is small; x4 keeps its scale near the image's
         if self.config.input == "both":
@@ -82,9 +90,13 @@ class DetectorNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self._inputs(x)).squeeze(1)
+        return self.forward_with_features(x)[0]
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logit, pooled features) in one pass: the features feed the out-of-domain score."""
+        """(logit, the last layer's input) in one pass: the features also feed the out-of-domain score."""
+        if self.config.background_floor:
+            x = tidy(x, self.config.background_floor)
         feats = self.net.forward_head(self.net.forward_features(self._inputs(x)), pre_logits=True)
+        if self.config.stats:
+            feats = torch.cat([feats, self.stats_mlp(branch_statistics(x))], 1)
         return self.net.fc(feats).squeeze(1), feats

@@ -180,7 +180,8 @@ def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, families: list[Famil
     fake_cal = torch.cat(list(fam_cal.values()))
     det = calibrate(net, real_cal, fake_cal, zero_shot=zero_shot, generator=generator, seed=seed, log=log)
     det.domain_score = fit_domain(det, real_tr, torch.cat(list(fam_tr.values())), real_cal, fake_cal, seed)
-    cmd = " ".join(["ddpm-guard detector train", f"--input {cfg.input}", f"--background-floor {cfg.background_floor}",
+    cmd = " ".join(["ddpm-guard detector train", f"--input {cfg.input}", f"--background-floor {cfg.background_floor}"]
+                   + ([] if cfg.stats else ["--no-stats"]) + [
                     f"--epochs {epochs}", f"--augment-p {aug_p}", f"--seed {seed}"]
                    + (["--stay-positive"] if stay_positive else [])
                    + [f"--real {r}" for r in reals or []]

@@ -21,15 +21,38 @@ from detector.zeroshot import dire_scores
 TINY = dict(layers=(1, 1, 1, 1), channels=(8, 8, 16, 16))  # narrow: the tests need shapes, not accuracy
 
 
-@pytest.mark.parametrize("inp", ["raw", "npr", "both"])
+@pytest.mark.parametrize("inp,stats", [("raw", False), ("npr", False), ("both", False), ("raw", True)])
 @pytest.mark.parametrize("chans", [1, 3])
-def test_forward_at_1_and_3_channels(inp, chans):
-    net = DetectorNet(DetectorConfig(input=inp, in_chans=chans, **TINY)).eval()
+def test_forward_at_1_and_3_channels(inp, stats, chans):
+    net = DetectorNet(DetectorConfig(input=inp, in_chans=chans, stats=stats, **TINY)).eval()
     out = net(torch.rand(4, chans, 28, 28) * 2 - 1)
     assert out.shape == (4,) and torch.isfinite(out).all()
     # no early striding: the stem keeps full resolution
     feats = net.net.act1(net.net.bn1(net.net.conv1(torch.zeros(1, net.net.conv1[0].in_channels, 28, 28))))
     assert feats.shape[-2:] == (28, 28)
+
+
+def test_stroke_statistics_see_the_plateau_and_not_the_background():
+    from detector.stats import N_STATS, _EDGES, stroke_statistics
+
+    x = real_split("heldout")[:200]
+    s = stroke_statistics(x)
+    assert s.shape == (200, N_STATS) and torch.isfinite(s).all()
+    # the level histogram is a distribution over the stroke's pixels
+    assert torch.allclose(s[:, :len(_EDGES) + 1].sum(1), torch.ones(200), atol=1e-5)
+    # the background (at or below STROKE_LEVEL) carries nothing: faint grey or black give the same numbers
+    grey = torch.where(x <= -1 + 2 * 20 / 255, torch.full_like(x, -1 + 2 * 20 / 255), x)
+    assert torch.allclose(stroke_statistics(grey)[:, :len(_EDGES) + 1], s[:, :len(_EDGES) + 1])
+    # a generator's smeared plateau: the top levels spread down by 0-8 levels, one image in two
+    gen = torch.Generator().manual_seed(0)
+    v = ((x + 1) * 127.5).round()
+    smear = torch.randint(0, 9, v.shape, generator=gen).float() * (v >= 248)
+    smeared = (v - smear) / 127.5 - 1
+    top = slice(len(_EDGES) - 3, len(_EDGES))  # the bins of levels 252, 253 and 254 (255 is the last)
+    real_top, fake_top = s[:, top].sum(1), stroke_statistics(smeared)[:, top].sum(1)
+    assert (real_top > fake_top).float().mean() > 0.9
+    # per channel: a colour image gets three blocks, the grey one repeated
+    assert torch.allclose(stroke_statistics(x[:4].repeat(1, 3, 1, 1)), s[:4].repeat(1, 3), atol=1e-6)
 
 
 def test_npr_removes_what_nearest_upsampling_made():
