@@ -194,6 +194,21 @@ def test_bundled_detector_keeps_reals_below_its_threshold_and_flags_gan_digits()
     assert det.score(gan)["synthetic"].mean() >= 0.3
 
 
+def test_bundled_detector_ranks_fresh_diffusion_digits_above_reals():
+    """The statistics branch's promise: fresh DDIM samples of the bundled DDPM, with their background tidied
+    to black, score above held-out real digits (v2, the CNN alone, ranked them at AUC 0.61)."""
+    from sklearn.metrics import roc_auc_score
+
+    from generator.perturb import tidy
+
+    model, schedule, _ = load_model(None, device="cpu")
+    fake = tidy(make_fakes(model, schedule, FakeSource("ddim10-g1.5", steps=10, guidance=1.5), 100, seed=77), 32)
+    det = load_detector(device="cpu")
+    real = real_split("heldout")[::4]
+    p = np.r_[det.score(real)["p_synthetic"], det.score(fake)["p_synthetic"]]
+    assert roc_auc_score(np.r_[np.zeros(len(real)), np.ones(len(fake))], p) >= 0.95
+
+
 def test_bundled_detector_flags_photos_and_text_out_of_domain(tmp_path):
     from detector.evaluate import ood_sets
 
