@@ -351,6 +351,9 @@ def cmd_detect(a: argparse.Namespace) -> int:
         cols = (["path", "synthetic", "p_synthetic", "in_domain", "reason", "classifier"]
                 + (["dire", "fused"] if a.zero_shot else []) + ["error"])
         _print_rows(flat, False, cols)
+    if rows and all(r.get("error") for r in rows):  # nothing could be scored: a user mistake, said in the rows
+        print(f"ddpm-guard: error: none of the {len(rows)} input(s) could be scored (see the error column)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -174,6 +174,16 @@ def test_detect_without_detector_folder_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+def test_detect_exits_2_when_nothing_could_be_scored(tmp_path):
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"not a png")
+    r = subprocess.run([sys.executable, "-m", "api.cli", "detect", str(bad), str(tmp_path / "missing.png"), "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "could be scored" in r.stderr and "Traceback" not in r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 2 and all(row["error"] for row in rows)
+
+
 def test_detect_files_reports_an_empty_folder(planted_detector, tmp_path):
     folder, _ = planted_detector
     (tmp_path / "empty").mkdir()
