@@ -2,7 +2,7 @@
 
 Real MNIST strokes were anti-aliased and rescaled before they were quantised, which leaves a sharp plateau
 of stroke cores at 252-254 levels over a nearly flat ramp below. Every generator we trained (three DDPMs,
-a VAE and a GAN) smears that plateau: per image it writes about 12 pixels at 252-254 where real digits
+a VAE and a GAN) smears that plateau: per image they write 20-30 pixels at 252-254 (the VAE 2) where real digits
 have about 50, and its cores are less flat (BENCHMARKS.md, "Detector v3"). A CNN on [-1, 1] pixels does
 not pick up differences of one or two levels at the top of the range, so the branch gives it them as
 numbers, per channel:
@@ -16,8 +16,8 @@ numbers, per channel:
 - the stroke's size and place: its pixel count, mass, bounding box and centroid, and the mean gradient.
 
 The branch reads them twice: from the image, and from its 3x3 median, which undoes part of what noise and
-JPEG's ringing do to a stroke's plateau (`branch_statistics`). Like the CNN's input, they are computed after the background floor, so the background carries no
-evidence. JPEG, blur and noise move these numbers for reals and fakes alike; training sees them under the
+JPEG's ringing do to a stroke's plateau (`branch_statistics`). Like the CNN's input, they are computed
+after the background floor, so the background carries no evidence. JPEG, blur and noise move these numbers for reals and fakes alike; training sees them under the
 same augmentation as the CNN, so the fusion learns what survives each edit.
 """
 
@@ -49,10 +49,10 @@ def stroke_statistics(x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     v = ((x.float() + 1) * 127.5).clamp(0, 255).reshape(b * c, 1, h, w)
     stroke = v > STROKE_LEVEL
-    npix = stroke.sum((1, 2, 3)).float()
+    stroke_flat, flat = stroke.reshape(b * c, -1), v.reshape(b * c, -1)
+    npix = stroke_flat.sum(1).float()
     norm = npix.clamp(min=1)
-    flat = v.reshape(b * c, -1)
-    levels = _histogram(flat, stroke.reshape(b * c, -1), _EDGES, norm)
+    levels = _histogram(flat, stroke_flat, _EDGES, norm)
 
     mean = F.avg_pool2d(v, 3, 1, 1, count_include_pad=False)
     std = (F.avg_pool2d(v * v, 3, 1, 1, count_include_pad=False) - mean * mean).clamp(min=0).sqrt()
@@ -60,8 +60,9 @@ def stroke_statistics(x: torch.Tensor) -> torch.Tensor:
            - F.pad(v, (1, 0))[..., :-1] - F.pad(v, (0, 1))[..., 1:]).abs()
     core = (mean > CORE_LEVEL).reshape(b * c, -1)
     ncore = core.sum(1).float()
-    flatness = _histogram(std.reshape(b * c, -1), core, _STD_EDGES, ncore.clamp(min=1))
-    sharpness = _histogram(lap.reshape(b * c, -1), core, _LAP_EDGES, ncore.clamp(min=1))
+    core_norm = ncore.clamp(min=1)
+    flatness = _histogram(std.reshape(b * c, -1), core, _STD_EDGES, core_norm)
+    sharpness = _histogram(lap.reshape(b * c, -1), core, _LAP_EDGES, core_norm)
 
     rows, cols = stroke.any(3)[:, 0], stroke.any(2)[:, 0]
     ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
@@ -75,10 +76,10 @@ def stroke_statistics(x: torch.Tensor) -> torch.Tensor:
                          cy / h, cx / w, grad / 255, ncore / norm], 1)
     # where the top of the stroke lies survives JPEG, blur and noise better than single levels do:
     # quantiles of the stroke's levels, and the mean and spread of the cores' levels
-    quantiles = torch.nanquantile(torch.where(stroke.reshape(b * c, -1), flat, float("nan")),
+    quantiles = torch.nanquantile(torch.where(stroke_flat, flat, float("nan")),
                                   _QUANTILES.to(x.device), dim=1).T.nan_to_num(0.0) / 255
-    core_mean = (flat * core).sum(1) / ncore.clamp(min=1)
-    core_sd = ((flat - core_mean[:, None]).square() * core).sum(1).div(ncore.clamp(min=1)).sqrt()
+    core_mean = (flat * core).sum(1) / core_norm
+    core_sd = ((flat - core_mean[:, None]).square() * core).sum(1).div(core_norm).sqrt()
     out = torch.cat([levels, flatness, sharpness, quantiles, core_mean[:, None] / 255, core_sd[:, None] / 64, shape], 1)
     return out.reshape(b, c * N_STATS)
 

@@ -16,22 +16,22 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from detector.calibrate import threshold_at_fpr
 from detector.data import CALIBRATION_PERTURBATIONS, perturb_for_calibration, real_split
 from detector.evaluate import PERTURBATIONS, edit_pair
 from detector.predict import load_detector
-from detector.sources import family_fakes, parse_generator, split_sources
+from detector.sources import family_fakes, parse_generator
 from detector.stats import branch_statistics
-from detector.train import FAKE_CACHE, TARGET_FPR, N_TRAIN_FAKES
-from detector.calibrate import threshold_at_fpr
+from detector.train import FAKE_CACHE, TARGET_FPR, gather
 
 det = load_detector(device="cpu")
 fams = ["bundled", "detector/weights/families/ddpm-b", "detector/weights/families/vae", "detector/weights/families/gan"]
-real_cal, real_tr = real_split("calib"), real_split("train")
-fake_cal = torch.cat([split_sources(family_fakes(parse_generator(f), N_TRAIN_FAKES, 1000, real_tr, FAKE_CACHE), "calib")
-                      for f in fams])
+# the bundled detector's own splits: the same call `detector train` makes (seed 0, the fake cache)
+real_tr, real_cal, _, fam_cal, _ = gather(det.config, [parse_generator(f) for f in fams], None, 0, FAKE_CACHE)
+fake_cal = torch.cat(list(fam_cal.values()))
 g = torch.Generator().manual_seed(0)
 kinds = [k for k in CALIBRATION_PERTURBATIONS if k != "tidy"]  # tidy is invisible after the floor: same as clean
-X, y, p_real, thr = [], [], {}, {}
+X, y = [], []
 for i, k in enumerate(kinds):
     r, f = perturb_for_calibration(real_cal, k, g), perturb_for_calibration(fake_cal, k, g)
     X += [branch_statistics(r).numpy(), branch_statistics(f).numpy()]
