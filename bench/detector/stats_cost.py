@@ -1,0 +1,32 @@
+"""What the statistics branch costs on the scoring path (ms per batch of 256 held-out digits, 2 threads).
+
+    python bench/detector/stats_cost.py
+"""
+import time
+
+import torch
+
+from detector.data import real_split
+from detector.predict import load_detector
+from detector.stats import branch_statistics, stroke_statistics
+from generator.perturb import median_filter
+
+torch.set_num_threads(2)
+x = real_split("heldout")[:256]
+det = load_detector(device="cpu")
+
+
+def ms(f, n=20):
+    f()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        f()
+    return (time.perf_counter() - t0) / n * 1000
+
+
+with torch.no_grad():
+    print(f"cpu {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}")
+    for name, f in [("stroke_statistics", lambda: stroke_statistics(x)), ("median_filter 3x3", lambda: median_filter(x, 3)),
+                    ("branch_statistics (both)", lambda: branch_statistics(x)), ("network forward (all of it)", lambda: det.net(x)),
+                    ("Detector.score (default path)", lambda: det.score(x))]:
+        print(f"{name:32s} {ms(f):7.1f} ms / 256")
