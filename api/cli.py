@@ -250,6 +250,15 @@ def cmd_keys_new_api(a: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_status(rows: list[dict]) -> int:
+    """2 when none of the inputs could be read (a missing file, an empty folder, only corrupt files: a user
+    mistake, said per row after the rows are printed), else 0."""
+    if rows and all(r.get("error") for r in rows):
+        print(f"ddpm-guard: error: none of the {len(rows)} input(s) could be read (see the error column)", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_scan(a: argparse.Namespace) -> int:
     from api.runtime import open_runtime
     from api.scan import scan_paths
@@ -265,7 +274,7 @@ def cmd_scan(a: argparse.Namespace) -> int:
         flat = [{**r, "watermark_p": (r.get("watermark") or {}).get("p_value"),
                  "c2pa": ((r.get("metadata") or {}).get("c2pa") or {}).get("status")} for r in rows]
         _print_rows(flat, False, ["path", "verdict", "p_synthetic", "watermark_p", "c2pa", "account", "explanation"])
-    return 0
+    return _exit_status(rows)
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
@@ -318,7 +327,7 @@ def cmd_watermark_verify(a: argparse.Namespace) -> int:
     rows = verify_files(a.paths, key, checkpoint=a.checkpoint, alpha=a.alpha, steps=a.steps, search=a.search,
                         deep=not a.fast, progress=not a.json)
     _print_rows(rows, a.json, ["path", "watermarked", "p_value", "payload", "zero_bit_agreement", "error"])
-    return 0
+    return _exit_status(rows)
 
 
 def cmd_watermark_eval(a: argparse.Namespace) -> int:
@@ -348,13 +357,10 @@ def cmd_detect(a: argparse.Namespace) -> int:
         _print_rows(rows, True, [])
     else:
         flat = [{**{k: v for k, v in r.items() if k != "scores"}, **r.get("scores", {})} for r in rows]
-        cols = (["path", "synthetic", "p_synthetic", "in_domain", "reason", "classifier"]
+        cols = (["path", "synthetic", "p_synthetic", "threshold", "in_domain", "reason", "classifier"]
                 + (["dire", "fused"] if a.zero_shot else []) + ["error"])
         _print_rows(flat, False, cols)
-    if rows and all(r.get("error") for r in rows):  # nothing could be scored: a user mistake, said in the rows
-        print(f"ddpm-guard: error: none of the {len(rows)} input(s) could be scored (see the error column)", file=sys.stderr)
-        return 2
-    return 0
+    return _exit_status(rows)
 
 
 def _families(a: argparse.Namespace, default_bundled: bool) -> list:
@@ -387,8 +393,36 @@ def cmd_detector_train(a: argparse.Namespace) -> int:
     det = fit_detector(DetectorConfig(input=a.input, background_floor=a.background_floor, stats=not a.no_stats), families=families, reals=a.real, epochs=a.epochs, seed=a.seed,
                        aug_p=a.augment_p, stay_positive=a.stay_positive, zero_shot=a.zero_shot, loo=not a.no_loo, loo_epochs=a.loo_epochs, log=log)
     det.save(a.out)
-    print(json.dumps({"out": str(a.out), "threshold": det.threshold, "calibration_fpr": det.meta.get("calibration_fpr"),
+    print(json.dumps({"out": str(a.out), "threshold": det.threshold, "routed_thresholds": None if det.router is None else
+                      dict(zip(det.router.edits, det.router.thresholds)), "calibration_fpr": det.meta.get("calibration_fpr"),
                       "leave_one_out": det.meta.get("leave_one_out")}))
+    return 0
+
+
+def cmd_detector_calibrate(a: argparse.Namespace) -> int:
+    from detector.predict import load_detector
+    from detector.sources import parse_folder
+    from detector.train import recalibrate
+
+    families = _families(a, default_bundled=True)
+    for r in a.real or []:
+        if r != "mnist5k":
+            parse_folder(r, "--real")
+    out = a.out or a.detector
+    if out is None:
+        raise GuardError("give --out (or --detector FOLDER to rewrite it): the bundled detector is not rewritten in place "
+                         "by default")
+    det = load_detector(a.detector)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    det = recalibrate(det, families=families, reals=a.real, seed=a.seed, route=not a.no_route, log=log)
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GuardError(f"{out}: cannot create the output folder ({e.strerror})") from None
+    det.save(out)
+    print(json.dumps({"out": str(out), "threshold": det.threshold, "routed_thresholds": None if det.router is None else
+                      dict(zip(det.router.edits, det.router.thresholds)), "calibration_fpr": det.meta.get("calibration_fpr"),
+                      "calibration_tpr": det.meta.get("calibration_tpr")}))
     return 0
 
 
@@ -707,6 +741,17 @@ def build_parser() -> argparse.ArgumentParser:
     dtr.add_argument("--loo-epochs", type=_positive_int, default=40, help="epochs of each leave-one-out run (default 40)")
     dtr.add_argument("--zero-shot", action="store_true", help="also fit the DIRE fusion (bundled generator; slow)")
     dtr.set_defaults(func=cmd_detector_train)
+    dca = dt.add_parser("calibrate", help="refit a trained detector's calibration (Platt, the threshold, the edit "
+                        "router) on the same sources and seed as its training; the network is kept")
+    dca.add_argument("--detector", default=None, help="detector folder (default: the bundled detector; then give --out)")
+    dca.add_argument("--out", default=None, help="where to save (default: --detector, rewritten)")
+    dca.add_argument("--real", action="append", metavar="mnist5k|folder:PATH", help="as for `detector train`")
+    dca.add_argument("--fake-generator", action="append", metavar="RUN_DIR|bundled",
+                     help="as for `detector train`, in the same order (it fixes the calibration draws)")
+    dca.add_argument("--fake", action="append", metavar="folder:PATH", help="as for `detector train`")
+    dca.add_argument("--seed", type=int, default=0, help="the training seed (default 0)")
+    dca.add_argument("--no-route", action="store_true", help="one threshold for every image: no edit router")
+    dca.set_defaults(func=cmd_detector_calibrate)
     dev = dt.add_parser("eval", help="per family x perturbation: AUC, TPR@1%%FPR, real FPR at the stored threshold; "
                         "out-of-domain table, reliability diagram, ROC plot")
     dev.add_argument("--detector", default=None)

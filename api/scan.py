@@ -92,8 +92,8 @@ def scan_items(items: list[tuple[str, bytes | None, str | None]], scanner: Scann
     marks = _watermarks(fitted, len(pil), scanner)
     for j, i in enumerate(ok):
         in_domain, reason = det.in_domain(pil[j], float(scores["domain_score"][j]) if "domain_score" in scores else None)
-        rows[i].update(p_synthetic=float(scores["p_synthetic"][j]), in_domain=in_domain,
-                       domain_reason=reason, synthetic=bool(scores["synthetic"][j]), watermark=marks[j])
+        rows[i].update(p_synthetic=float(scores["p_synthetic"][j]), in_domain=in_domain, domain_reason=reason,
+                       synthetic=bool(scores["synthetic"][j]), threshold=float(scores["threshold"][j]), watermark=marks[j])
         rows[i]["verdict"], rows[i]["explanation"], rows[i]["account"] = decide(rows[i], scanner)
     return rows
 
@@ -140,9 +140,9 @@ def decide(row: dict, scanner: Scanner) -> tuple[str, str, str | None]:
         return "out-of-domain", f"The classifier does not know this kind of image: {row['domain_reason']}.{note}", None
     if row["synthetic"]:
         return ("synthetic", f"The classifier scores it synthetic (p = {row['p_synthetic']:.2f}, above the "
-                             f"calibrated threshold {scanner.detector.threshold:.2f}); no watermark of ours.{note}", None)
+                             f"calibrated threshold {row['threshold']:.2f}); no watermark of ours.{note}", None)
     return ("likely-real", f"No watermark of ours, and the classifier does not call it synthetic (p = "
-                           f"{row['p_synthetic']:.2f}, below the threshold {scanner.detector.threshold:.2f} that about 1 % "
+                           f"{row['p_synthetic']:.2f}, below the threshold {row['threshold']:.2f} that about 1 % "
                            "of real digits exceed). Weak evidence: the classifier misses most digits from well-trained "
                            f"diffusion models.{note}", None)
 

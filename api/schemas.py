@@ -44,6 +44,8 @@ class ScanRow(BaseModel):
     explanation: str = Field(description="one plain sentence naming the evidence that decided")
     p_synthetic: float | None = None
     synthetic: bool | None = None
+    threshold: float | None = Field(None, description="the calibrated threshold this file was judged at: the one "
+                                    "for the benign edit (JPEG, blur, resize, noise, none) it is guessed to have gone through")
     in_domain: bool | None = None
     domain_reason: str | None = None
     account: str | None = Field(None, description="who made it, from the watermark payload or a Trusted manifest")

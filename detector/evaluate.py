@@ -59,15 +59,20 @@ def edit_pair(name: str, real: torch.Tensor, fake: torch.Tensor, gen: torch.Gene
     return r, edit_fake(fake, gen)
 
 
-def metrics(p_real: np.ndarray, p_fake: np.ndarray, threshold: float | None = None) -> dict:
+def metrics(p_real: np.ndarray, p_fake: np.ndarray,
+            threshold: float | tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Ranking metrics, and with a threshold (one for all, or (reals', fakes') per-image thresholds, as an edit
+    router sets them) the decisions' accuracy, TPR and FPR."""
     y = np.r_[np.zeros(len(p_real)), np.ones(len(p_fake))]
     s = np.r_[p_real, p_fake]
     fpr, tpr, _ = roc_curve(y, s)
     out = {"auc": float(roc_auc_score(y, s)), "ap": float(average_precision_score(y, s)),
            "tpr_at_1pct_fpr": float(tpr[fpr <= 0.01].max()), "n_real": len(p_real), "n_fake": len(p_fake)}
     if threshold is not None:
-        out.update(accuracy=float(((s > threshold) == y).mean()), tpr_at_threshold=float((p_fake > threshold).mean()),
-                   fpr_at_threshold=float((p_real > threshold).mean()))
+        t_real, t_fake = threshold if isinstance(threshold, tuple) else (threshold, threshold)
+        called_r, called_f = p_real > t_real, p_fake > t_fake
+        out.update(accuracy=float((np.r_[called_r, called_f] == y).mean()), tpr_at_threshold=float(called_f.mean()),
+                   fpr_at_threshold=float(called_r.mean()))
     return out
 
 
@@ -85,39 +90,46 @@ def evaluate_detector(det: Detector, families: list[Family], *, seed: int = 0, c
                       zero_shot_n: int = 0, out_dir: str | Path | None = None, log=None) -> dict:
     real = real_split("heldout")
     trained = set((det.meta.get("train") or {}).get("families", {}))
-    thr = det.threshold
-    report: dict = {"threshold": thr, "n_real": len(real), "families": {}, "sources": {}, "perturbations": {},
-                    "pooled": {}}
+    report: dict = {"threshold": det.threshold, "routed_thresholds": None if det.router is None else
+                    dict(zip(det.router.edits, det.router.thresholds)), "n_real": len(real), "families": {}, "sources": {},
+                    "perturbations": {}, "pooled": {}}
     fakes = {f.name: eval_fakes(f, N_EVAL_PER_SOURCE, 2000 + seed, real, cache, log) for f in families}
     for name, srcs in fakes.items():
         report["families"][name] = {"trained_on": name in trained, "n": sum(map(len, srcs.values())),
                                     "sources": list(srcs)}
-    p_real = det.score(real)["p_synthetic"]
+
+    def scored(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:  # (p_synthetic, the threshold each was judged at)
+        s = det.score(x)
+        return s["p_synthetic"], s["threshold"]
+
+    p_real, t_real = scored(real)
     for fam, srcs in fakes.items():  # clean, per source
         for src, x in srcs.items():
-            report["sources"][f"{fam}/{src}"] = metrics(p_real, det.score(x)["p_synthetic"], thr)
+            pf, tf = scored(x)
+            report["sources"][f"{fam}/{src}"] = metrics(p_real, pf, (t_real, tf))
     groups = {"trained families": [f for f in fakes if f in trained], "unseen families": [f for f in fakes if f not in trained]}
     curves, all_clean = {}, None
     for pname, (edit_real, edit_fake) in PERTURBATIONS.items():
         if log:
             log(f"perturbation {pname}")
-        row, pf_by_family = {}, {}
+        row, by_family = {}, {}
         g = torch.Generator().manual_seed(seed)
-        pr = det.score(edit_real(real, g))["p_synthetic"]  # once per edit; each family's fakes then draw from the same state
+        pr, tr = scored(edit_real(real, g))  # once per edit; each family's fakes then draw from the same state
         after_real = g.get_state()
         for fam, srcs in fakes.items():
             g.set_state(after_real)
-            pf_by_family[fam] = det.score(edit_fake(torch.cat(list(srcs.values())), g))["p_synthetic"]
-            row[fam] = metrics(pr, pf_by_family[fam], thr)
+            by_family[fam] = scored(edit_fake(torch.cat(list(srcs.values())), g))
+            row[fam] = metrics(pr, by_family[fam][0], (tr, by_family[fam][1]))
         for gname, names in groups.items():
             if names:
-                row[gname] = metrics(pr, np.concatenate([pf_by_family[k] for k in names]), thr)
+                pf, tf = (np.concatenate([by_family[k][i] for k in names]) for i in (0, 1))
+                row[gname] = metrics(pr, pf, (tr, tf))
                 if pname in ("clean", "tidy", "jpeg75"):
-                    curves[f"{gname}, {pname}"] = (pr, np.concatenate([pf_by_family[k] for k in names]))
-        row["real_fpr_at_threshold"] = float((pr > thr).mean())
+                    curves[f"{gname}, {pname}"] = (pr, pf)
+        row["real_fpr_at_threshold"] = float((pr > tr).mean())
         report["perturbations"][pname] = row
         if pname == "clean":
-            all_clean = (pr, np.concatenate(list(pf_by_family.values())))
+            all_clean = (pr, np.concatenate([v[0] for v in by_family.values()]))
     report["reliability"] = reliability(*all_clean)
     report["out_of_domain"] = out_of_domain(det, real, fakes, seed)
     if zero_shot_n and det.fusion is not None and any(f.path is None and f.kind == "ddpm" for f in families):

@@ -92,11 +92,14 @@ class DetectorNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_features(x)[0]
 
-    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logit, the last layer's input) in one pass: the features also feed the out-of-domain score."""
+    def forward_with_features(self, x: torch.Tensor, with_stats: bool = False) -> tuple[torch.Tensor, ...]:
+        """(logit, the last layer's input[, the stroke statistics of the floored image]) in one pass: the features
+        also feed the out-of-domain score, the statistics the edit router (detector.calibrate.EditRouter)."""
         if self.config.background_floor:
             x = tidy(x, self.config.background_floor)
         feats = self.net.forward_head(self.net.forward_features(self._inputs(x)), pre_logits=True)
+        stats = branch_statistics(x) if self.config.stats or with_stats else None
         if self.config.stats:
-            feats = torch.cat([feats, self.stats_mlp(branch_statistics(x))], 1)
-        return self.net.fc(feats).squeeze(1), feats
+            feats = torch.cat([feats, self.stats_mlp(stats)], 1)
+        out = (self.net.fc(feats).squeeze(1), feats)
+        return (*out, stats) if with_stats else out

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from generator.checkpoint import default_device, load_tensors, read_config, save_json, save_tensors
 from generator.errors import GuardError
 from generator.image_io import decode_image, expand_paths, fit_to, read_bytes, to_tensor
-from detector.calibrate import Fusion, Platt
+from detector.calibrate import EditRouter, Fusion, Platt
 from detector.domain import DomainRules, DomainScore, verdict
 from detector.model import DetectorConfig, DetectorNet
 
@@ -31,8 +31,10 @@ class Detector:
 
     def __init__(self, net: DetectorNet, platt: Platt, threshold: float, fusion: Fusion | None = None,
                  fusion_threshold: float | None = None, meta: dict | None = None,
-                 domain_score: DomainScore | None = None):
-        self.net, self.platt, self.threshold = net.eval(), platt, threshold
+                 domain_score: DomainScore | None = None, router: EditRouter | None = None):
+        # threshold: the edit-blind one (the highest of the per-edit 1 %-FPR thresholds); with a router, each
+        # image is judged at the threshold of the benign edit it is guessed to have gone through
+        self.net, self.platt, self.threshold, self.router = net.eval(), platt, threshold, router
         self.domain_score = domain_score
         self.fusion, self.fusion_threshold = fusion, fusion_threshold
         self.meta = meta or {}
@@ -49,26 +51,31 @@ class Detector:
         return self.forward(images, batch_size)[0]
 
     @torch.inference_mode()
-    def forward(self, images: torch.Tensor, batch_size: int = MICRO_BATCH) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """(logits, pooled features, the fitted input) for (B, C, H, W) images, run in fixed micro-batches of
+    def forward(self, images: torch.Tensor, batch_size: int = MICRO_BATCH,
+                with_stats: bool = False) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, np.ndarray | None]:
+        """(logits, pooled features, the fitted input, the stroke statistics or None) for (B, C, H, W) images; the
+        statistics (of the floored image, detector.stats) come with_stats or when a router needs them. Run in fixed micro-batches of
         `batch_size` (the last one padded): the sums inside a convolution are ordered by the batch's size, so a
         fixed size makes every image's score independent of how images were grouped (a scan, an audit batch,
         a Ray actor agree exactly)."""
         cfg = self.config
         dev = next(self.net.parameters()).device
         x = fit_to(images, (cfg.in_chans, cfg.image_size, cfg.image_size))
-        logits, feats = [], []
+        with_stats = with_stats or self.router is not None
+        logits, feats, stats = [], [], []
         for i in range(0, len(x), batch_size):
             b = x[i:i + batch_size]
             n = len(b)
             if n < batch_size:
                 b = torch.cat([b, b.new_zeros((batch_size - n, *b.shape[1:]))])
-            lo, fe = self.net.forward_with_features(b.to(dev))
+            lo, fe, *st = self.net.forward_with_features(b.to(dev), with_stats)
             logits.append(lo.float().cpu()[:n])
             feats.append(fe.float().cpu()[:n])
+            stats += [s.float().cpu()[:n] for s in st]
         if not logits:
-            return np.zeros(0), torch.zeros(0, self.net.net.num_features), x
-        return torch.cat(logits).numpy().astype(np.float64), torch.cat(feats), x
+            return np.zeros(0), torch.zeros(0, self.net.net.num_features), x, None
+        return (torch.cat(logits).numpy().astype(np.float64), torch.cat(feats), x,
+                torch.cat(stats).numpy() if with_stats else None)
 
     def in_domain(self, img, score: float | None = None) -> tuple[bool, str | None]:
         """(in_domain, reason) for a decoded PIL image and its domain score (from `score`): the structural
@@ -85,11 +92,12 @@ class Detector:
         return self._generator
 
     def score(self, images: torch.Tensor, zero_shot: bool = False) -> dict[str, np.ndarray]:
-        """{"p_synthetic", "synthetic", "classifier", "classifier_logit"[, "domain_score"][, "dire", "fused"]}
-        for (B, C, H, W)."""
-        logit, feats, fitted = self.forward(images)
+        """{"p_synthetic", "synthetic", "threshold", "classifier", "classifier_logit"[, "domain_score"][, "dire", "fused"]}
+        for (B, C, H, W); "threshold" is the one each image was judged at (the router's, or the single one)."""
+        logit, feats, fitted, stats = self.forward(images)
         p = self.platt(logit)
-        out = {"classifier_logit": logit, "classifier": p, "p_synthetic": p, "synthetic": p > self.threshold}
+        thr = self.router.threshold(stats) if self.router is not None and len(p) else np.full(len(p), self.threshold)
+        out = {"classifier_logit": logit, "classifier": p, "p_synthetic": p, "synthetic": p > thr, "threshold": thr}
         if self.domain_score is not None:
             out["domain_score"] = self.domain_score(fitted, feats) if len(fitted) else np.zeros(0)
         if zero_shot:
@@ -100,14 +108,16 @@ class Detector:
             model, schedule = self.generator()
             dire = dire_scores(model, schedule, images)
             fused = self.fusion({"classifier_logit": logit, "dire": dire})
-            out.update(dire=dire, fused=fused, p_synthetic=fused, synthetic=fused > self.fusion_threshold)
+            out.update(dire=dire, fused=fused, p_synthetic=fused, synthetic=fused > self.fusion_threshold,
+                       threshold=np.full(len(fused), self.fusion_threshold))
         return out
 
     def save(self, folder: str | Path, extra: dict | None = None) -> None:
         folder = Path(folder)
         save_tensors(self.net.state_dict(), folder / "model.safetensors")
         cfg = {"format": DETECTOR_FORMAT, "model": self.config.to_dict(),
-               "calibration": {"platt": {"a": self.platt.a, "b": self.platt.b}, "threshold": self.threshold},
+               "calibration": {"platt": {"a": self.platt.a, "b": self.platt.b}, "threshold": self.threshold,
+                               "router": None if self.router is None else self.router.to_dict()},
                "fusion": None if self.fusion is None else {**self.fusion.to_dict(), "threshold": self.fusion_threshold},
                **self.meta, **(extra or {})}
         if self.domain_score is not None:
@@ -122,6 +132,7 @@ def load_detector(folder: str | Path | None = None, device: str | torch.device |
         net = DetectorNet(DetectorConfig.from_dict(cfg["model"]))
         cal = cfg["calibration"]
         platt, threshold = Platt(float(cal["platt"]["a"]), float(cal["platt"]["b"])), float(cal["threshold"])
+        router = EditRouter.from_dict(cal["router"]) if cal.get("router") else None
         fusion = fusion_threshold = None
         if cfg.get("fusion"):
             f = dict(cfg["fusion"])
@@ -136,12 +147,12 @@ def load_detector(folder: str | Path | None = None, device: str | torch.device |
         raise GuardError(f"{folder}: detector weights do not match its config ({str(e).splitlines()[0]})") from None
     meta = {k: v for k, v in cfg.items() if k not in ("format", "model", "calibration", "fusion")}
     return Detector(net.to(device or default_device()), platt, threshold, fusion, fusion_threshold, meta,
-                    DomainScore.load(folder))
+                    DomainScore.load(folder), router)
 
 
 def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = False, batch_size: int = 256,
                  progress: bool = False) -> list[dict]:
-    """One row per image: {path, p_synthetic, synthetic, in_domain, reason, scores} or {path, error} for a file
+    """One row per image: {path, p_synthetic, synthetic, threshold, in_domain, reason, scores} or {path, error} for a file
     that cannot be read. `in_domain` false means the detector does not know this kind of image (see
     detector.domain): `synthetic` is then None, not a verdict.
     Files are decoded one by one (each through the safe decoder) and scored in batches."""
@@ -161,7 +172,7 @@ def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = Fals
             ok, reason = verdict(*rules, float(s["domain_score"][j]) if "domain_score" in s else None)
             # out of domain: the score is reported, but no verdict is given on an image the detector does not know
             rows[i].update(p_synthetic=float(s["p_synthetic"][j]), synthetic=bool(s["synthetic"][j]) if ok else None,
-                           in_domain=ok, reason=reason, scores={k: float(s[k][j]) for k in score_keys})
+                           threshold=float(s["threshold"][j]), in_domain=ok, reason=reason, scores={k: float(s[k][j]) for k in score_keys})
         pending.clear()
 
     for i, (p, problem) in enumerate(tqdm(items, disable=not progress, desc="detect", leave=False)):

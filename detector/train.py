@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.checkpoint import default_device
-from detector.calibrate import Fusion, Platt, threshold_at_fpr
+from detector.calibrate import EditRouter, Fusion, Platt, threshold_at_fpr
 from detector.data import CALIBRATION_PERTURBATIONS, augment, perturb_for_calibration
 from detector.domain import DomainScore
 from detector.model import DetectorConfig, DetectorNet
@@ -84,17 +84,26 @@ def train_net(cfg: DetectorConfig, real: torch.Tensor, fakes: torch.Tensor | dic
 
 
 def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_shot: bool = False, generator=None,
-              perturbations: tuple[str, ...] = CALIBRATION_PERTURBATIONS, seed: int = 0, log=None) -> Detector:
-    """Platt scaling on calibration reals and fakes under every perturbation; the threshold is the largest
-    per-perturbation 1%-FPR threshold of the reals; the DIRE fusion (clean images) if asked."""
+              perturbations: tuple[str, ...] = CALIBRATION_PERTURBATIONS, route: bool = True, seed: int = 0,
+              log=None) -> Detector:
+    """Platt scaling on calibration reals and fakes under every perturbation; the single threshold is the largest
+    per-perturbation 1%-FPR threshold of the reals; with `route`, the edit router (EditRouter) and its per-route
+    thresholds on the same images; the DIRE fusion (clean images) if asked."""
     det = Detector(net, Platt(1.0, 0.0), 0.5)
     g = torch.Generator().manual_seed(seed)
-    logit_r = {k: det.logits(perturb_for_calibration(real, k, g)) for k in perturbations}
-    logit_f = {k: det.logits(perturb_for_calibration(fake, k, g)) for k in perturbations}
+    parts_r = {k: det.forward(perturb_for_calibration(real, k, g), with_stats=True) for k in perturbations}
+    parts_f = {k: det.forward(perturb_for_calibration(fake, k, g), with_stats=True) for k in perturbations}
+    logit_r, logit_f = {k: v[0] for k, v in parts_r.items()}, {k: v[0] for k, v in parts_f.items()}
     y = np.r_[np.zeros(sum(map(len, logit_r.values()))), np.ones(sum(map(len, logit_f.values())))]
     platt = Platt.fit(np.r_[np.concatenate(list(logit_r.values())), np.concatenate(list(logit_f.values()))], y)
     per_edit = {k: threshold_at_fpr(platt(v), TARGET_FPR) for k, v in logit_r.items()}
     threshold = max(per_edit.values())
+    router = None
+    if route:
+        # an edit whose statistics equal another's (tidy after the background floor is clean) adds nothing to route on
+        edits = [k for k in perturbations if not (k == "tidy" and net.config.background_floor)]
+        router = EditRouter.fit({k: (parts_r[k][3], parts_f[k][3]) for k in edits},
+                                {k: platt(logit_r[k]) for k in edits}, threshold, TARGET_FPR)
     fusion = fusion_threshold = None
     if zero_shot:
         from detector.zeroshot import dire_scores
@@ -108,10 +117,27 @@ def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_
         yc = np.r_[np.zeros(len(real)), np.ones(len(fake))]
         fusion = Fusion.fit(feats, yc)
         fusion_threshold = threshold_at_fpr(fusion(feats)[yc == 0], TARGET_FPR)
-    out = Detector(net, platt, threshold, fusion, fusion_threshold)
-    out.meta["calibration_fpr"] = {k: float((platt(v) > threshold).mean()) for k, v in logit_r.items()}
-    out.meta["calibration_tpr"] = {k: float((platt(v) > threshold).mean()) for k, v in logit_f.items()}
+    out = Detector(net, platt, threshold, fusion, fusion_threshold, router=router)
+
+    def judged(parts) -> float:  # the share called synthetic, each image at its own threshold
+        p = platt(parts[0])
+        return float((p > (router.threshold(parts[3]) if router is not None else threshold)).mean())
+
+    out.meta["calibration_fpr"] = {k: judged(v) for k, v in parts_r.items()}
+    out.meta["calibration_tpr"] = {k: judged(v) for k, v in parts_f.items()}
     return out
+
+
+def recalibrate(det: Detector, *, families: list[Family], reals: list[str] | None = None, seed: int = 0,
+                route: bool = True, cache: Path | None = FAKE_CACHE, log=None) -> Detector:
+    """The calibration step of `fit_detector` again, on a trained detector and the same sources and seed: Platt,
+    the single threshold and the edit router refitted on the same calibration split (the same families in the
+    same order give the same Platt and single threshold). The network, the domain score, the zero-shot fusion
+    and the training record are kept."""
+    _, real_cal, _, fam_cal, _ = gather(det.config, families, reals, seed, cache, log)
+    new = calibrate(det.net, real_cal, torch.cat(list(fam_cal.values())), route=route, seed=seed, log=log)
+    return Detector(det.net, new.platt, new.threshold, det.fusion, det.fusion_threshold, {**det.meta, **new.meta},
+                    det.domain_score, new.router)
 
 
 def fit_domain(det: Detector, real_tr: torch.Tensor, fake_tr: torch.Tensor, real_cal: torch.Tensor,
@@ -120,8 +146,8 @@ def fit_domain(det: Detector, real_tr: torch.Tensor, fake_tr: torch.Tensor, real
     (reals clean and under every benign edit, and fakes: generated digits are in domain)."""
     g = torch.Generator().manual_seed(seed + 1)
     cal = torch.cat([perturb_for_calibration(real_cal, k, g) for k in CALIBRATION_PERTURBATIONS] + [fake_cal])
-    _, f_tr, x_tr = det.forward(torch.cat([real_tr, fake_tr]))
-    _, f_cal, x_cal = det.forward(cal)
+    _, f_tr, x_tr, _ = det.forward(torch.cat([real_tr, fake_tr]))
+    _, f_cal, x_cal, _ = det.forward(cal)
     return DomainScore.fit(x_tr, f_tr, x_cal, f_cal)
 
 
@@ -140,7 +166,8 @@ def leave_one_out(cfg: DetectorConfig, real_tr, real_cal, fam_tr: dict, fam_cal:
         row = {}
         for name in ("clean", "tidy", "jpeg75"):
             r, f = edit_pair(name, real_cal, fam_cal[held], torch.Generator().manual_seed(seed))
-            m = metrics(det.score(r)["p_synthetic"], det.score(f)["p_synthetic"], det.threshold)
+            sr, sf = det.score(r), det.score(f)
+            m = metrics(sr["p_synthetic"], sf["p_synthetic"], (sr["threshold"], sf["threshold"]))
             row[name] = {k: m[k] for k in ("auc", "tpr_at_1pct_fpr", "tpr_at_threshold", "fpr_at_threshold")}
         report[held] = row
         if log:

@@ -174,14 +174,28 @@ def test_detect_without_detector_folder_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
-def test_detect_exits_2_when_nothing_could_be_scored(tmp_path):
+@pytest.mark.parametrize("command", ["detect", "scan", "watermark verify"])
+def test_commands_exit_2_when_nothing_could_be_read(command, tmp_path):
+    """detect, scan and verify print a row per input with its error, then exit 2 when no input could be read
+    (a typo or a folder of corrupt files is a user mistake a script must see), and 0 when one could."""
     bad = tmp_path / "corrupt.png"
     bad.write_bytes(b"not a png")
-    r = subprocess.run([sys.executable, "-m", "api.cli", "detect", str(bad), str(tmp_path / "missing.png"), "--json"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "could be scored" in r.stderr and "Traceback" not in r.stderr
+    extra = []
+    if command == "watermark verify":
+        subprocess.run([sys.executable, "-m", "api.cli", "keys", "new", "--out", str(tmp_path / "k.key")], check=True,
+                       capture_output=True)
+        extra = ["--key", str(tmp_path / "k.key"), "--fast"]
+    if command == "scan":
+        extra = ["--home", str(tmp_path / "home"), "--no-watermark"]
+    cmd = [sys.executable, "-m", "api.cli", *command.split(), *extra, "--json"]
+    r = subprocess.run(cmd + [str(bad), str(tmp_path / "missing.png")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "could be read" in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 2 and all(row["error"] for row in rows)
+    good = tmp_path / "digit.png"
+    save_image(real_split("heldout")[0], good)
+    r = subprocess.run(cmd + [str(bad), str(good)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-500:]
 
 
 def test_detect_files_reports_an_empty_folder(planted_detector, tmp_path):

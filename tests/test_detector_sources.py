@@ -112,7 +112,53 @@ def test_threshold_calibrated_on_edited_reals_holds_on_jpeg_reals(planted):
     fpr = robust.score(jpeg_reals)["synthetic"].mean()
     assert fpr <= 0.03  # n = 1,000: the calibrated level is 1 %; 3 % is far outside binomial noise
     assert robust.threshold >= clean_only.threshold
-    assert all(v <= 0.011 for v in robust.meta["calibration_fpr"].values())
+    single = calibrate(net, cal_real, cal_fake, route=False, seed=0)
+    assert single.router is None and single.threshold == robust.threshold
+    assert all(v <= 0.011 for v in single.meta["calibration_fpr"].values())
+    assert single.score(jpeg_reals)["synthetic"].mean() <= 0.03
+
+
+def test_edit_router_routes_by_statistics_and_sets_each_route_its_threshold():
+    from detector.calibrate import EditRouter, threshold_at_fpr
+
+    rng = np.random.default_rng(0)
+    # two edits that the statistics tell apart; the second makes reals score high (as blur does)
+    stats = {e: (rng.normal(mu, 1, (400, 6)), rng.normal(mu, 1, (400, 6))) for e, mu in (("clean", 0.0), ("blur", 6.0))}
+    p_real = {"clean": rng.uniform(0, 0.7, 400), "blur": rng.uniform(0, 0.95, 400)}
+    single = max(threshold_at_fpr(v) for v in p_real.values())
+    r = EditRouter.fit(stats, p_real, single)
+    assert (r.route(stats["clean"][0]) == 0).mean() > 0.99 and (r.route(stats["blur"][1]) == 1).mean() > 0.99
+    assert r.thresholds[0] == pytest.approx(threshold_at_fpr(p_real["clean"]), abs=0.01) and r.thresholds[0] < single
+    assert r.thresholds[1] == pytest.approx(single, abs=0.01)
+    again = EditRouter.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert again == r and np.array_equal(again.threshold(stats["blur"][0]), r.threshold(stats["blur"][0]))
+    # a route too thin for its own 1 %-FPR threshold keeps the single one; none goes below even odds
+    thin = EditRouter.fit({"clean": (stats["clean"][0][:50], stats["clean"][1]), "blur": stats["blur"]},
+                          {"clean": np.zeros(50), "blur": np.zeros(400)}, single)
+    assert thin.thresholds == (single, 0.5)
+
+
+def test_routed_detector_round_trips_and_holds_the_false_positive_rate_per_edit(planted, tmp_path):
+    """The edit router is saved with the detector; each held-out real, under each benign edit, is judged at its
+    route's threshold, and the share flagged stays near the calibrated 1 % (never 3 %)."""
+    from detector.predict import load_detector
+
+    net, _, _, cal_real, cal_fake = planted
+    det = calibrate(net, cal_real, cal_fake, seed=0)
+    assert det.router is not None
+    det.save(tmp_path / "det")
+    again = load_detector(tmp_path / "det", device="cpu")
+    assert again.router == det.router
+    held = real_split("heldout")
+    g = torch.Generator().manual_seed(7)
+    for edit in det.router.edits:
+        x = perturb_for_calibration(held, edit, g)
+        s = again.score(x)
+        assert set(np.unique(s["threshold"])) <= set(det.router.thresholds)
+        assert np.array_equal(s["synthetic"], s["p_synthetic"] > s["threshold"])
+        assert s["synthetic"].mean() <= 0.03, edit
+    s = again.score((held[:300] + CHK).clamp(-1, 1))  # clean fakes: judged at most at the single threshold's rate
+    assert s["synthetic"].mean() >= (s["p_synthetic"] > det.threshold).mean()
 
 
 def test_domain_score_flags_photos_and_text_not_digits(planted):
