@@ -95,6 +95,28 @@ def test_guidance_moves_x0_toward_the_codeword():
     assert after > before + 0.2, (before, after)
 
 
+def test_stroke_masks_confine_the_encoder_and_the_guidance_to_the_stroke_edges():
+    """With stroke_level (and stroke_ceiling), neither the training encoder nor the guidance writes on the
+    background away from the strokes (nor on the saturated cores): the black background stays black."""
+    from generator.data import load_dataset
+    from watermark.decoder import MessageEncoder, stroke_mask
+
+    torch.manual_seed(0)
+    x = load_dataset("mnist5k", "heldout").images[:8]
+    mask = stroke_mask(x, -0.5, 0.9)
+    assert mask[x > 0.9].sum() == 0 and mask[(x > -0.5) & (x <= 0.9)].min() == 1
+    assert stroke_mask(x, -0.5).sum() > mask.sum() > 0
+    enc = MessageEncoder(DecoderConfig(width=8))
+    bits = torch.randint(0, 2, (8, 72))
+    free, masked = enc(x, bits, 0.25), enc(x, bits, 0.25, -0.5, 0.9)
+    assert (free - x)[mask == 0].abs().max() > 0 and (masked - x)[mask == 0].abs().max() == 0
+    dec = MessageDecoder(DecoderConfig(width=8)).eval().requires_grad_(False)
+    cw = codeword(KEY, 1).expand(8, -1)
+    scheme = GuidedScheme(iters=3, step_size=0.05, eot=1, stroke_level=-0.5, stroke_ceiling=0.9)
+    g = guide_x0(x, cw, dec, dec(x).median(0).values, scheme, torch.Generator().manual_seed(0))
+    assert (g - x)[mask == 0].abs().max() == 0 and (g - x)[mask == 1].abs().max() > 0.01
+
+
 def test_identity_hook_changes_nothing_and_other_samplers_refuse_it(trained_tiny):
     from generator.errors import GuardError
     from generator.pipeline import generate

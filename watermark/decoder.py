@@ -52,6 +52,13 @@ class TrainConfig:
     identity_share: float = 0.15  # share of each batch shown unattacked
     seed: int = 0
     max_minutes: float | None = None
+    # write the encoder's residual only on the strokes and a one-pixel rim (pixels above this level in
+    # [-1, 1], dilated by a 3x3 max), so the decoder learns to read stroke geometry and intensity, which a
+    # guided mark can carry without painting the black background; None writes everywhere
+    stroke_level: float | None = None
+    # with stroke_level: also leave alone the saturated stroke cores (pixels above this level), so only the
+    # stroke's edge band carries the mark and the flat cores real digits have stay flat; None edits the cores too
+    stroke_ceiling: float | None = None
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -140,6 +147,13 @@ class MessageDecoder(nn.Module):
         return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
 
 
+def stroke_mask(x: torch.Tensor, level: float, ceiling: float | None = None) -> torch.Tensor:
+    """1 on the pixels above `level` ([-1, 1] units) and their 3x3 neighbours, less those above `ceiling` (the
+    saturated cores) when given; 0 elsewhere (no gradient)."""
+    m = F.max_pool2d((x.detach() > level).to(x.dtype), 3, 1, 1)
+    return m if ceiling is None else m * (x.detach() <= ceiling).to(x.dtype)
+
+
 class MessageEncoder(nn.Module):
     """(image, bits in {0, 1}) -> a residual bounded by `strength`: the training partner only."""
 
@@ -152,7 +166,8 @@ class MessageEncoder(nn.Module):
                                  nn.Conv2d(width, width, 3, 1, 1), nn.SiLU(),
                                  nn.Conv2d(width, cfg.channels, 3, 1, 1))
 
-    def forward(self, x: torch.Tensor, bits: torch.Tensor, strength: float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bits: torch.Tensor, strength: float,
+                stroke_level: float | None = None, stroke_ceiling: float | None = None) -> torch.Tensor:
         """With a canonical decoder the residual is made in the digit's canonical frame and warped back, so
         encoder and decoder agree on where the mark sits whatever the digit's pose."""
         a = canonical_affine(normalise(x)) if self.config.canonical else None
@@ -162,6 +177,8 @@ class MessageEncoder(nn.Module):
         r = strength * torch.tanh(self.net(torch.cat([xc, m], 1)))
         if a is not None:
             r = warp(r, invert_affine(a), fill=0.0)
+        if stroke_level is not None:
+            r = r * stroke_mask(x, stroke_level, stroke_ceiling)
         return (x + r).clamp(-1, 1)
 
 
@@ -272,7 +289,7 @@ def train_decoder(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), dcfg: D
         # curriculum (HiDDeN-style training stalls at chance otherwise): attacks and the image penalty
         # ramp in over the first 10-40 % of the run, after the pair has found a code on clean images
         ramp = min(1.0, max(0.0, (step / cfg.steps - 0.1) / 0.3))
-        marked = enc(x.to(device), bits.to(device), cfg.strength)
+        marked = enc(x.to(device), bits.to(device), cfg.strength, cfg.stroke_level, cfg.stroke_ceiling)
         attacked = attack_layer(marked.cpu(), gen, 1 - ramp * (1 - cfg.identity_share)).to(device)
         logits = dec(attacked)
         target = 1.0 - bits.float().to(device)  # positive logit = bit 0
@@ -366,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--combine", nargs="+", default=None, metavar="DECODER_DIR",
                    help="instead of training: put these trained decoders together as one ensemble in --out")
     for f in TrainConfig.__dataclass_fields__.values():
-        if f.name == "max_minutes":
-            p.add_argument("--max-minutes", type=float, default=None)
+        if f.name in ("max_minutes", "stroke_level", "stroke_ceiling"):
+            p.add_argument("--" + f.name.replace("_", "-"), type=float, default=None)
             continue
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     p.add_argument("--bits", type=int, default=DecoderConfig.bits)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.errors import GuardError
-from watermark.decoder import MessageDecoder, attack_layer, load_decoder
+from watermark.decoder import MessageDecoder, attack_layer, load_decoder, stroke_mask
 from watermark.keys import WatermarkKey
 
 
@@ -60,6 +60,7 @@ class GuidedScheme:
     # plain, n = 300); strokes only keeps less of the mark (mean TPR 0.67 -> 0.18) and still costs FID (112 against
     # 61, n = 100), because the bundled decoder learned from an encoder that wrote everywhere
     stroke_level: float | None = None
+    stroke_ceiling: float | None = None  # with stroke_level: leave the saturated cores (above this level) alone too
 
     @property
     def bits(self) -> int:
@@ -126,7 +127,7 @@ def guide_x0(x0: torch.Tensor, chips: torch.Tensor, dec: MessageDecoder, center:
         c, ctr = chips.cpu(), center.cpu()
         mask = None
         if scheme.stroke_level is not None:
-            mask = F.max_pool2d((x > scheme.stroke_level).float(), 3, 1, 1)
+            mask = stroke_mask(x, scheme.stroke_level, scheme.stroke_ceiling)
         for _ in range(scheme.iters):
             x.requires_grad_(True)
             copies = attack_layer(x.repeat(scheme.eot, 1, 1, 1), gen, identity_share=1.0 / scheme.eot)
