@@ -117,6 +117,37 @@ def test_stroke_masks_confine_the_encoder_and_the_guidance_to_the_stroke_edges()
     assert (g - x)[mask == 0].abs().max() == 0 and (g - x)[mask == 1].abs().max() > 0.01
 
 
+def test_dilation_mark_moves_stroke_edges_only_and_guidance_steers_it():
+    """The geometric mark: a smooth field moves stroke edges along their normals (a positive field thickens
+    the stroke), leaves the black background away from strokes and the flat inside of a thick stroke as they
+    are, and guidance through it moves the decoder's reading toward the codeword."""
+    from watermark.decoder import MessageEncoder, dilate
+
+    x = -torch.ones(1, 1, 28, 28)
+    x[..., 8:20, 8:20] = 1.0  # a thick square stroke: flat inside, edges around
+    thick = dilate(x, torch.full((1, 1, 7, 7), 0.5))
+    assert thick.sum() > x.sum()  # the stroke grew
+    assert torch.equal(thick[..., 11:17, 11:17], x[..., 11:17, 11:17]) and torch.equal(thick[..., :5, :], x[..., :5, :])
+    assert dilate(x, torch.full((1, 1, 7, 7), -0.5)).sum() < x.sum()
+    torch.manual_seed(0)
+    enc = MessageEncoder(DecoderConfig(width=8))
+    y = enc(x, torch.randint(0, 2, (1, 72)), 0.75, dilate_grid=7)
+    assert torch.equal(y[..., :5, :], x[..., :5, :]) and not torch.equal(y, x)
+    dec = MessageDecoder(DecoderConfig(width=8)).eval().requires_grad_(False)
+    from generator.data import load_dataset
+
+    x0 = load_dataset("mnist5k", "heldout").images[:8]
+    cw = codeword(KEY, 1).expand(8, -1)
+    center = dec(x0).median(0).values
+    before = ((dec(x0) > center).float() * 2 - 1 == cw).float().mean()
+    g = guide_x0(x0, cw, dec, center, GuidedScheme(iters=20, step_size=0.2, eot=1, dilate_grid=7),
+                 torch.Generator().manual_seed(0))
+    after = ((dec(g) > center).float() * 2 - 1 == cw).float().mean()
+    assert after > before + 0.1, (before, after)
+    far = torch.nn.functional.max_pool2d((x0 > -1).float(), 5, 1, 2) == 0  # background 2+ px from any stroke
+    assert (g - x0)[far].abs().max() == 0
+
+
 def test_identity_hook_changes_nothing_and_other_samplers_refuse_it(trained_tiny):
     from generator.errors import GuardError
     from generator.pipeline import generate

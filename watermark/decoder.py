@@ -47,7 +47,7 @@ class TrainConfig:
     steps: int = 6000
     batch_size: int = 64
     lr: float = 1e-3
-    strength: float = 0.25  # the encoder's residual bound, in [-1, 1] pixel units
+    strength: float = 0.25  # the encoder's residual bound, in [-1, 1] pixel units (with dilate_grid: in pixels)
     image_weight: float = 2.0  # weight of the residual's mean square in the encoder's loss
     identity_share: float = 0.15  # share of each batch shown unattacked
     seed: int = 0
@@ -59,6 +59,11 @@ class TrainConfig:
     # with stroke_level: also leave alone the saturated stroke cores (pixels above this level), so only the
     # stroke's edge band carries the mark and the flat cores real digits have stay flat; None edits the cores too
     stroke_ceiling: float | None = None
+    # write a smooth local dilation instead of a free residual: a field on a dilate_grid x dilate_grid grid,
+    # bounded by `strength` pixels, moves each stroke edge along its normal (to first order: the field times the
+    # image's gradient magnitude). The stroke's flat core and the black background stay as they are, and the
+    # mark lives in low-frequency stroke geometry; None writes the free residual
+    dilate_grid: int | None = None
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -154,6 +159,23 @@ def stroke_mask(x: torch.Tensor, level: float, ceiling: float | None = None) -> 
     return m if ceiling is None else m * (x.detach() <= ceiling).to(x.dtype)
 
 
+def edge_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) -> the Sobel gradient magnitude per pixel ([-1, 1] units per pixel; no gradient): where a
+    stroke edge is, and how steep."""
+    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype) / 8
+    xp = F.pad(x.detach(), (1, 1, 1, 1), mode="replicate")
+    gx, gy = F.conv2d(xp, k.view(1, 1, 3, 3)), F.conv2d(xp, k.t().reshape(1, 1, 3, 3))
+    return (gx ** 2 + gy ** 2).sqrt()
+
+
+def dilate(x: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """x with each stroke edge moved outward by `field` pixels (negative: inward), to first order: x + field *
+    |grad x|. `field` is (B, 1, g, g) on a coarse grid, upsampled smoothly, or (B, 1, H, W)."""
+    if field.shape[-2:] != x.shape[-2:]:
+        field = F.interpolate(field, size=x.shape[-2:], mode="bicubic", align_corners=False)
+    return (x + field * edge_magnitude(x)).clamp(-1, 1)
+
+
 class MessageEncoder(nn.Module):
     """(image, bits in {0, 1}) -> a residual bounded by `strength`: the training partner only."""
 
@@ -166,17 +188,23 @@ class MessageEncoder(nn.Module):
                                  nn.Conv2d(width, width, 3, 1, 1), nn.SiLU(),
                                  nn.Conv2d(width, cfg.channels, 3, 1, 1))
 
-    def forward(self, x: torch.Tensor, bits: torch.Tensor, strength: float,
-                stroke_level: float | None = None, stroke_ceiling: float | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bits: torch.Tensor, strength: float, stroke_level: float | None = None,
+                stroke_ceiling: float | None = None, dilate_grid: int | None = None) -> torch.Tensor:
         """With a canonical decoder the residual is made in the digit's canonical frame and warped back, so
         encoder and decoder agree on where the mark sits whatever the digit's pose."""
         a = canonical_affine(normalise(x)) if self.config.canonical else None
         xc = warp(x, a) if a is not None else x
         m = self.msg(2 * bits.float() - 1).view(-1, 16, 7, 7)
         m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        r = strength * torch.tanh(self.net(torch.cat([xc, m], 1)))
+        r = self.net(torch.cat([xc, m], 1))
+        if dilate_grid is not None:  # a smooth field in pixels, made in the canonical frame like the residual
+            r = F.interpolate(F.adaptive_avg_pool2d(r, dilate_grid), size=x.shape[-2:], mode="bicubic",
+                              align_corners=False)
+        r = strength * torch.tanh(r)
         if a is not None:
             r = warp(r, invert_affine(a), fill=0.0)
+        if dilate_grid is not None:
+            return dilate(x, r)
         if stroke_level is not None:
             r = r * stroke_mask(x, stroke_level, stroke_ceiling)
         return (x + r).clamp(-1, 1)
@@ -289,7 +317,7 @@ def train_decoder(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), dcfg: D
         # curriculum (HiDDeN-style training stalls at chance otherwise): attacks and the image penalty
         # ramp in over the first 10-40 % of the run, after the pair has found a code on clean images
         ramp = min(1.0, max(0.0, (step / cfg.steps - 0.1) / 0.3))
-        marked = enc(x.to(device), bits.to(device), cfg.strength, cfg.stroke_level, cfg.stroke_ceiling)
+        marked = enc(x.to(device), bits.to(device), cfg.strength, cfg.stroke_level, cfg.stroke_ceiling, cfg.dilate_grid)
         attacked = attack_layer(marked.cpu(), gen, 1 - ramp * (1 - cfg.identity_share)).to(device)
         logits = dec(attacked)
         target = 1.0 - bits.float().to(device)  # positive logit = bit 0
@@ -383,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--combine", nargs="+", default=None, metavar="DECODER_DIR",
                    help="instead of training: put these trained decoders together as one ensemble in --out")
     for f in TrainConfig.__dataclass_fields__.values():
-        if f.name in ("max_minutes", "stroke_level", "stroke_ceiling"):
-            p.add_argument("--" + f.name.replace("_", "-"), type=float, default=None)
+        if f.name in ("max_minutes", "stroke_level", "stroke_ceiling", "dilate_grid"):
+            p.add_argument("--" + f.name.replace("_", "-"), type=int if f.name == "dilate_grid" else float, default=None)
             continue
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     p.add_argument("--bits", type=int, default=DecoderConfig.bits)

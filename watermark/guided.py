@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.errors import GuardError
-from watermark.decoder import MessageDecoder, attack_layer, load_decoder, stroke_mask
+from watermark.decoder import MessageDecoder, attack_layer, dilate, load_decoder, stroke_mask
 from watermark.keys import WatermarkKey
 
 
@@ -61,6 +61,9 @@ class GuidedScheme:
     # 61, n = 100), because the bundled decoder learned from an encoder that wrote everywhere
     stroke_level: float | None = None
     stroke_ceiling: float | None = None  # with stroke_level: leave the saturated cores (above this level) alone too
+    # edit x0 by a smooth local dilation on this grid (watermark.decoder.dilate: stroke edges move along their
+    # normals; step_size is then in pixels) instead of a free residual; for a decoder trained the same way
+    dilate_grid: int | None = None
 
     @property
     def bits(self) -> int:
@@ -125,19 +128,28 @@ def guide_x0(x0: torch.Tensor, chips: torch.Tensor, dec: MessageDecoder, center:
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(dev.type, enabled=False):
         x = x0.detach().float().clone().cpu()
         c, ctr = chips.cpu(), center.cpu()
+        base, field = x, None
+        if scheme.dilate_grid is not None:
+            field = x.new_zeros(len(x), 1, scheme.dilate_grid, scheme.dilate_grid)
         mask = None
         if scheme.stroke_level is not None:
             mask = stroke_mask(x, scheme.stroke_level, scheme.stroke_ceiling)
         for _ in range(scheme.iters):
-            x.requires_grad_(True)
-            copies = attack_layer(x.repeat(scheme.eot, 1, 1, 1), gen, identity_share=1.0 / scheme.eot)
+            var = (field if field is not None else x).requires_grad_(True)
+            img = dilate(base, field) if field is not None else x
+            copies = attack_layer(img.repeat(scheme.eot, 1, 1, 1), gen, identity_share=1.0 / scheme.eot)
             logits = dec(copies) - ctr
             loss = F.softplus(scheme.margin - c.repeat(scheme.eot, 1) * logits).mean()
-            (g,) = torch.autograd.grad(loss, x)
-            if mask is not None:
+            (g,) = torch.autograd.grad(loss, var)
+            if mask is not None and field is None:
                 g = g * mask
             rms = g.flatten(1).pow(2).mean(1).sqrt().clamp(min=1e-12).view(-1, 1, 1, 1)
-            x = (x.detach() - scheme.step_size * g / rms).clamp(-1, 1)
+            if field is not None:
+                field = field.detach() - scheme.step_size * g / rms
+            else:
+                x = (x.detach() - scheme.step_size * g / rms).clamp(-1, 1)
+        if field is not None:
+            x = dilate(base, field.detach())
     return x.to(dev, x0.dtype)
 
 
