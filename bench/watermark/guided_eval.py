@@ -29,8 +29,9 @@ def main() -> None:
     ap.add_argument("--fid-seeds", type=int, default=0)
     ap.add_argument("--psnr-n", type=int, default=100)
     ap.add_argument("--out", default=None)
-    for f in fields(GuidedScheme):  # an optional field (default None) takes a float
-        ap.add_argument("--" + f.name.replace("_", "-"), type=float if f.default is None else type(f.default), default=f.default)
+    for f in fields(GuidedScheme):  # an optional field (default None) takes the type its annotation names
+        kind = (int if str(f.type).startswith("int") else float) if f.default is None else type(f.default)
+        ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
     a = ap.parse_args()
     scheme = GuidedScheme(**{f.name: getattr(a, f.name) for f in fields(GuidedScheme)})
     key = WatermarkKey(bytes([a.key_seed]) * 32)
