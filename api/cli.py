@@ -376,53 +376,57 @@ def _families(a: argparse.Namespace, default_bundled: bool) -> list:
     return fams
 
 
-def cmd_detector_train(a: argparse.Namespace) -> int:
-    from detector.model import DetectorConfig
+def _detector_sources(a: argparse.Namespace, out: str) -> list:
+    """The fake families and real folders of `detector train` / `calibrate`, checked, and the output folder made:
+    a mistake fails before the minutes of fake-making and training, not after."""
     from detector.sources import parse_folder
-    from detector.train import fit_detector
-
-    families = _families(a, default_bundled=True)
-    for r in a.real or []:  # fail before the minutes of fake-making and training, not after
-        if r != "mnist5k":
-            parse_folder(r, "--real")
-    try:
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise GuardError(f"{a.out}: cannot create the output folder ({e.strerror})") from None
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    det = fit_detector(DetectorConfig(input=a.input, background_floor=a.background_floor, stats=not a.no_stats), families=families, reals=a.real, epochs=a.epochs, seed=a.seed,
-                       aug_p=a.augment_p, stay_positive=a.stay_positive, zero_shot=a.zero_shot, loo=not a.no_loo, loo_epochs=a.loo_epochs, log=log)
-    det.save(a.out)
-    print(json.dumps({"out": str(a.out), "threshold": det.threshold, "routed_thresholds": None if det.router is None else
-                      dict(zip(det.router.edits, det.router.thresholds)), "calibration_fpr": det.meta.get("calibration_fpr"),
-                      "leave_one_out": det.meta.get("leave_one_out")}))
-    return 0
-
-
-def cmd_detector_calibrate(a: argparse.Namespace) -> int:
-    from detector.predict import load_detector
-    from detector.sources import parse_folder
-    from detector.train import recalibrate
 
     families = _families(a, default_bundled=True)
     for r in a.real or []:
         if r != "mnist5k":
             parse_folder(r, "--real")
-    out = a.out or a.detector
-    if out is None:
-        raise GuardError("give --out (or --detector FOLDER to rewrite it): the bundled detector is not rewritten in place "
-                         "by default")
-    det = load_detector(a.detector)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    det = recalibrate(det, families=families, reals=a.real, seed=a.seed, route=not a.no_route, log=log)
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise GuardError(f"{out}: cannot create the output folder ({e.strerror})") from None
+    return families
+
+
+def _calibration_summary(det, out: str) -> dict:
+    return {"out": str(out), "threshold": det.threshold,
+            "routed_thresholds": None if det.router is None else dict(zip(det.router.edits, det.router.thresholds)),
+            "calibration_fpr": det.meta.get("calibration_fpr"), "calibration_tpr": det.meta.get("calibration_tpr")}
+
+
+def cmd_detector_train(a: argparse.Namespace) -> int:
+    from detector.model import DetectorConfig
+    from detector.train import fit_detector
+
+    families = _detector_sources(a, a.out)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    cfg = DetectorConfig(input=a.input, background_floor=a.background_floor, stats=not a.no_stats)
+    det = fit_detector(cfg, families=families, reals=a.real, epochs=a.epochs, seed=a.seed, aug_p=a.augment_p,
+                       stay_positive=a.stay_positive, zero_shot=a.zero_shot, loo=not a.no_loo, loo_epochs=a.loo_epochs,
+                       log=log)
+    det.save(a.out)
+    print(json.dumps({**_calibration_summary(det, a.out), "leave_one_out": det.meta.get("leave_one_out")}))
+    return 0
+
+
+def cmd_detector_calibrate(a: argparse.Namespace) -> int:
+    from detector.predict import load_detector
+    from detector.train import recalibrate
+
+    out = a.out or a.detector
+    if out is None:
+        raise GuardError("give --out (or --detector FOLDER to rewrite it): the bundled detector is not rewritten in place "
+                         "by default")
+    families = _detector_sources(a, out)
+    det = load_detector(a.detector)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    det = recalibrate(det, families=families, reals=a.real, seed=a.seed, route=not a.no_route, log=log)
     det.save(out)
-    print(json.dumps({"out": str(out), "threshold": det.threshold, "routed_thresholds": None if det.router is None else
-                      dict(zip(det.router.edits, det.router.thresholds)), "calibration_fpr": det.meta.get("calibration_fpr"),
-                      "calibration_tpr": det.meta.get("calibration_tpr")}))
+    print(json.dumps(_calibration_summary(det, out)))
     return 0
 
 

@@ -54,10 +54,10 @@ class Detector:
     def forward(self, images: torch.Tensor, batch_size: int = MICRO_BATCH,
                 with_stats: bool = False) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, np.ndarray | None]:
         """(logits, pooled features, the fitted input, the stroke statistics or None) for (B, C, H, W) images; the
-        statistics (of the floored image, detector.stats) come with_stats or when a router needs them. Run in fixed micro-batches of
-        `batch_size` (the last one padded): the sums inside a convolution are ordered by the batch's size, so a
-        fixed size makes every image's score independent of how images were grouped (a scan, an audit batch,
-        a Ray actor agree exactly)."""
+        statistics (of the floored image, detector.stats) come with_stats or when a router needs them. Run in
+        fixed micro-batches of `batch_size` (the last one padded): the sums inside a convolution are ordered by
+        the batch's size, so a fixed size makes every image's score independent of how images were grouped (a
+        scan, an audit batch, a Ray actor agree exactly)."""
         cfg = self.config
         dev = next(self.net.parameters()).device
         x = fit_to(images, (cfg.in_chans, cfg.image_size, cfg.image_size))
@@ -172,7 +172,8 @@ def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = Fals
             ok, reason = verdict(*rules, float(s["domain_score"][j]) if "domain_score" in s else None)
             # out of domain: the score is reported, but no verdict is given on an image the detector does not know
             rows[i].update(p_synthetic=float(s["p_synthetic"][j]), synthetic=bool(s["synthetic"][j]) if ok else None,
-                           threshold=float(s["threshold"][j]), in_domain=ok, reason=reason, scores={k: float(s[k][j]) for k in score_keys})
+                           threshold=float(s["threshold"][j]), in_domain=ok, reason=reason,
+                           scores={k: float(s[k][j]) for k in score_keys})
         pending.clear()
 
     for i, (p, problem) in enumerate(tqdm(items, disable=not progress, desc="detect", leave=False)):

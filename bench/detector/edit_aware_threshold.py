@@ -11,7 +11,6 @@ judges it at that edit's threshold. Scored: the 1,000 held-out reals against ddp
 import json
 import sys
 
-import numpy as np
 import torch
 
 from detector.data import real_split
