@@ -143,8 +143,8 @@ def decide(row: dict, scanner: Scanner) -> tuple[str, str, str | None]:
                              f"calibrated threshold {row['threshold']:.2f}); no watermark of ours.{note}", None)
     return ("likely-real", f"No watermark of ours, and the classifier does not call it synthetic (p = "
                            f"{row['p_synthetic']:.2f}, below the threshold {row['threshold']:.2f} that about 1 % "
-                           "of real digits exceed). Weak evidence: the classifier misses most digits from well-trained "
-                           f"diffusion models.{note}", None)
+                           "of real digits with the same kind of edit exceed). Weak evidence: the classifier misses about half of the clean "
+                           f"digits from well-trained diffusion models, and most re-saved or edited ones.{note}", None)
 
 
 def _read(p: Path, problem: str | None, max_bytes: int | None) -> tuple[str, bytes | None, str | None]:
