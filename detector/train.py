@@ -99,9 +99,9 @@ def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_
     per_edit = {k: threshold_at_fpr(platt(v), TARGET_FPR) for k, v in logit_r.items()}
     threshold = max(per_edit.values())
     router = None
-    if route:
-        # an edit whose statistics equal another's (tidy after the background floor is clean) adds nothing to route on
-        edits = [k for k in perturbations if not (k == "tidy" and net.config.background_floor)]
+    # an edit whose statistics equal another's (tidy after the background floor is clean) adds nothing to route on
+    edits = [k for k in perturbations if not (k == "tidy" and net.config.background_floor)]
+    if route and len(edits) > 1:  # one edit: nothing to route between, the single threshold is its threshold
         router = EditRouter.fit({k: (parts_r[k][3], parts_f[k][3]) for k in edits},
                                 {k: platt(logit_r[k]) for k in edits}, threshold, TARGET_FPR)
     fusion = fusion_threshold = None
