@@ -394,7 +394,7 @@ def _detector_sources(a: argparse.Namespace, out: str) -> list:
 
 def _calibration_summary(det, out: str) -> dict:
     return {"out": str(out), "threshold": det.threshold,
-            "routed_thresholds": None if det.router is None else dict(zip(det.router.edits, det.router.thresholds)),
+            "routed_thresholds": None if det.router is None else det.router.by_edit,
             "calibration_fpr": det.meta.get("calibration_fpr"), "calibration_tpr": det.meta.get("calibration_tpr")}
 
 

@@ -7,7 +7,7 @@ config.json. No constant in the code decides what is synthetic.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -96,7 +96,12 @@ class EditRouter:
         route = router.route(np.concatenate([stats[k][0] for k in edits]))
         thr = [max(threshold_at_fpr(pr[route == i], fpr), 0.5) if (route == i).sum() >= cls.MIN_REALS else single
                for i in range(len(edits))]
-        return cls(edits, router.mean, router.std, router.coef, router.intercept, tuple(float(t) for t in thr))
+        return replace(router, thresholds=tuple(float(t) for t in thr))
+
+    @property
+    def by_edit(self) -> dict[str, float]:
+        """{edit: its route's threshold}, for reports."""
+        return dict(zip(self.edits, self.thresholds))
 
     def route(self, stats: np.ndarray) -> np.ndarray:
         """(N,) index of the guessed edit for (N, statistics)."""

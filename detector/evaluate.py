@@ -90,8 +90,8 @@ def evaluate_detector(det: Detector, families: list[Family], *, seed: int = 0, c
                       zero_shot_n: int = 0, out_dir: str | Path | None = None, log=None) -> dict:
     real = real_split("heldout")
     trained = set((det.meta.get("train") or {}).get("families", {}))
-    report: dict = {"threshold": det.threshold, "routed_thresholds": None if det.router is None else
-                    dict(zip(det.router.edits, det.router.thresholds)), "n_real": len(real), "families": {}, "sources": {},
+    report: dict = {"threshold": det.threshold, "routed_thresholds": None if det.router is None else det.router.by_edit,
+                    "n_real": len(real), "families": {}, "sources": {},
                     "perturbations": {}, "pooled": {}}
     fakes = {f.name: eval_fakes(f, N_EVAL_PER_SOURCE, 2000 + seed, real, cache, log) for f in families}
     for name, srcs in fakes.items():

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from generator.checkpoint import default_device, load_model, save_model
-from generator.config import config_to_dict
+from generator.config import add_config_arguments, config_to_dict
 from generator.data import load_dataset
 from generator.samplers import autocast_for, ddim_step, guided_eps, timesteps_for
 from generator.schedule import NoiseSchedule
@@ -251,11 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m generator.distill")
     p.add_argument("--teacher", default=None, help="teacher checkpoint folder (default: the bundled model)")
     p.add_argument("--out", required=True)
-    for f in DistillConfig.__dataclass_fields__.values():
-        if f.name in ("max_minutes",):
-            p.add_argument("--max-minutes", type=float, default=None)
-            continue
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_config_arguments(p, DistillConfig)
     a = vars(p.parse_args(argv))
     teacher, out = a.pop("teacher"), a.pop("out")
     distill(teacher, out, DistillConfig(**a), log=lambda s: print(s, flush=True))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generator.config import add_config_arguments
 from generator.errors import GuardError
 from generator.perturb import jpeg, median_filter, resize_and_back
 
@@ -410,11 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--combine", nargs="+", default=None, metavar="DECODER_DIR",
                    help="instead of training: put these trained decoders together as one ensemble in --out")
-    for f in TrainConfig.__dataclass_fields__.values():
-        if f.name in ("max_minutes", "stroke_level", "stroke_ceiling", "dilate_grid"):
-            p.add_argument("--" + f.name.replace("_", "-"), type=int if f.name == "dilate_grid" else float, default=None)
-            continue
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_config_arguments(p, TrainConfig)
     p.add_argument("--bits", type=int, default=DecoderConfig.bits)
     p.add_argument("--width", type=int, default=DecoderConfig.width)
     p.add_argument("--canonical", type=int, default=1, help="moment normalisation before the CNN (1, the default) or not (0)")

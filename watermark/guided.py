@@ -128,7 +128,7 @@ def guide_x0(x0: torch.Tensor, chips: torch.Tensor, dec: MessageDecoder, center:
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(dev.type, enabled=False):
         x = x0.detach().float().clone().cpu()
         c, ctr = chips.cpu(), center.cpu()
-        base, field = x, None
+        field = None  # the dilation mark's field; x itself stays the base it is applied to
         if scheme.dilate_grid is not None:
             field = x.new_zeros(len(x), 1, scheme.dilate_grid, scheme.dilate_grid)
         mask = None
@@ -136,7 +136,7 @@ def guide_x0(x0: torch.Tensor, chips: torch.Tensor, dec: MessageDecoder, center:
             mask = stroke_mask(x, scheme.stroke_level, scheme.stroke_ceiling)
         for _ in range(scheme.iters):
             var = (field if field is not None else x).requires_grad_(True)
-            img = dilate(base, field) if field is not None else x
+            img = dilate(x, field) if field is not None else x
             copies = attack_layer(img.repeat(scheme.eot, 1, 1, 1), gen, identity_share=1.0 / scheme.eot)
             logits = dec(copies) - ctr
             loss = F.softplus(scheme.margin - c.repeat(scheme.eot, 1) * logits).mean()
@@ -149,7 +149,7 @@ def guide_x0(x0: torch.Tensor, chips: torch.Tensor, dec: MessageDecoder, center:
             else:
                 x = (x.detach() - scheme.step_size * g / rms).clamp(-1, 1)
         if field is not None:
-            x = dilate(base, field.detach())
+            x = dilate(x, field.detach())
     return x.to(dev, x0.dtype)
 
 

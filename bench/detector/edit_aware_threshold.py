@@ -26,7 +26,7 @@ real_ho = real_split("heldout")
 fake_c = torch.cat(list(family_fakes(parse_generator("bench/detector/generators/ddpm-c"), 150, 2000,
                                      real_split("train"), FAKE_CACHE).values()))
 out = {"cpu": torch.backends.cpu.get_cpu_capability(), "single_threshold": det.threshold,
-       "routed_thresholds": dict(zip(det.router.edits, det.router.thresholds)), "edits": {}}
+       "routed_thresholds": det.router.by_edit, "edits": {}}
 for name in PERTURBATIONS:
     r, f = edit_pair(name, real_ho, fake_c, torch.Generator().manual_seed(0))
     sr, sf = det.score(r), det.score(f)

@@ -13,6 +13,7 @@ import json
 from dataclasses import fields
 
 from generator.checkpoint import load_model
+from generator.config import add_config_arguments
 from watermark.evaluate import evaluate_guided
 from watermark.guided import GuidedScheme
 from watermark.keys import WatermarkKey
@@ -29,9 +30,7 @@ def main() -> None:
     ap.add_argument("--fid-seeds", type=int, default=0)
     ap.add_argument("--psnr-n", type=int, default=100)
     ap.add_argument("--out", default=None)
-    for f in fields(GuidedScheme):  # an optional field (default None) takes the type its annotation names
-        kind = (int if str(f.type).startswith("int") else float) if f.default is None else type(f.default)
-        ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
+    add_config_arguments(ap, GuidedScheme)
     a = ap.parse_args()
     scheme = GuidedScheme(**{f.name: getattr(a, f.name) for f in fields(GuidedScheme)})
     key = WatermarkKey(bytes([a.key_seed]) * 32)
