@@ -116,8 +116,15 @@ class EditRouter:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EditRouter":
-        return cls(**{k: tuple(tuple(r) for r in v) if k == "coef" else tuple(v) for k, v in d.items()})
+    def from_dict(cls, d: dict, n_stats: int | None = None) -> "EditRouter":
+        """The router stored in a config; ValueError when its parts disagree in size with each other or, given
+        n_stats, with the statistics it will be fed (a hand-edited or mismatched config)."""
+        r = cls(**{k: tuple(tuple(row) for row in v) if k == "coef" else tuple(v) for k, v in d.items()})
+        width = len(r.mean) if n_stats is None else n_stats
+        if not (len(r.edits) == len(r.coef) == len(r.intercept) == len(r.thresholds) > 0
+                and len(r.mean) == len(r.std) == width and all(len(row) == width for row in r.coef)):
+            raise ValueError(f"the edit router's sizes do not match ({len(r.edits)} edits, {width} statistics expected)")
+        return r
 
 
 def threshold_at_fpr(p_real: np.ndarray, fpr: float = 0.01) -> float:

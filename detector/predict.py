@@ -18,6 +18,7 @@ from generator.image_io import decode_image, expand_paths, fit_to, read_bytes, t
 from detector.calibrate import EditRouter, Fusion, Platt
 from detector.domain import DomainRules, DomainScore, verdict
 from detector.model import DetectorConfig, DetectorNet
+from detector.stats import N_STATS
 
 DETECTOR_FORMAT = "ddpm-guard/detector-v1"
 BUNDLED_DETECTOR = Path(__file__).parent / "weights" / "default"
@@ -132,7 +133,7 @@ def load_detector(folder: str | Path | None = None, device: str | torch.device |
         net = DetectorNet(DetectorConfig.from_dict(cfg["model"]))
         cal = cfg["calibration"]
         platt, threshold = Platt(float(cal["platt"]["a"]), float(cal["platt"]["b"])), float(cal["threshold"])
-        router = EditRouter.from_dict(cal["router"]) if cal.get("router") else None
+        router = EditRouter.from_dict(cal["router"], 2 * net.config.in_chans * N_STATS) if cal.get("router") else None
         fusion = fusion_threshold = None
         if cfg.get("fusion"):
             f = dict(cfg["fusion"])

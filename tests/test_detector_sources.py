@@ -235,3 +235,17 @@ def test_background_floor_makes_the_score_blind_to_background_edits():
         plain = DetectorNet(DetectorConfig(input="raw", **TINY)).eval()
         plain.load_state_dict(net.state_dict())
         assert not torch.allclose(plain(faint), plain(x))  # without the floor the background moves the score
+
+
+def test_a_router_that_does_not_fit_the_statistics_is_refused_at_load(tmp_path):
+    """A hand-edited or mismatched router fails when the detector loads, with one message, not while scoring."""
+    import shutil
+
+    from detector.predict import BUNDLED_DETECTOR, load_detector
+
+    shutil.copytree(BUNDLED_DETECTOR, tmp_path / "det")
+    cfg = json.loads((tmp_path / "det" / "config.json").read_text())
+    cfg["calibration"]["router"]["mean"] = cfg["calibration"]["router"]["mean"][:5]
+    (tmp_path / "det" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(GuardError, match="edit router's sizes"):
+        load_detector(tmp_path / "det", device="cpu")
