@@ -746,7 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
     dtr.add_argument("--zero-shot", action="store_true", help="also fit the DIRE fusion (bundled generator; slow)")
     dtr.set_defaults(func=cmd_detector_train)
     dca = dt.add_parser("calibrate", help="refit a trained detector's calibration (Platt, the threshold, the edit "
-                        "router) on the same sources and seed as its training; the network is kept")
+                        "router, the out-of-domain score) on the same sources and seed as its training; the network is "
+                        "kept")
     dca.add_argument("--detector", default=None, help="detector folder (default: the bundled detector; then give --out)")
     dca.add_argument("--out", default=None, help="where to save (default: --detector, rewritten)")
     dca.add_argument("--real", action="append", metavar="mnist5k|folder:PATH", help="as for `detector train`")

@@ -55,14 +55,15 @@ class Detector:
     def forward(self, images: torch.Tensor, batch_size: int = MICRO_BATCH,
                 with_stats: bool = False) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, np.ndarray | None]:
         """(logits, pooled features, the fitted input, the stroke statistics or None) for (B, C, H, W) images; the
-        statistics (of the floored image, detector.stats) come with_stats or when a router needs them. Run in
-        fixed micro-batches of `batch_size` (the last one padded): the sums inside a convolution are ordered by
+        statistics (of the floored image, detector.stats) come with_stats or when the router or the domain score
+        needs them. Run in fixed micro-batches of `batch_size` (the last one padded): the sums inside a convolution are ordered by
         the batch's size, so a fixed size makes every image's score independent of how images were grouped (a
         scan, an audit batch, a Ray actor agree exactly)."""
         cfg = self.config
         dev = next(self.net.parameters()).device
         x = fit_to(images, (cfg.in_chans, cfg.image_size, cfg.image_size))
-        with_stats = with_stats or self.router is not None
+        with_stats = with_stats or self.router is not None or (self.domain_score is not None
+                                                                and self.domain_score.needs_stats)
         logits, feats, stats = [], [], []
         for i in range(0, len(x), batch_size):
             b = x[i:i + batch_size]
@@ -100,7 +101,7 @@ class Detector:
         thr = self.router.threshold(stats) if self.router is not None and len(p) else np.full(len(p), self.threshold)
         out = {"classifier_logit": logit, "classifier": p, "p_synthetic": p, "synthetic": p > thr, "threshold": thr}
         if self.domain_score is not None:
-            out["domain_score"] = self.domain_score(fitted, feats) if len(fitted) else np.zeros(0)
+            out["domain_score"] = self.domain_score(fitted, feats, stats) if len(fitted) else np.zeros(0)
         if zero_shot:
             if self.fusion is None:
                 raise GuardError("this detector has no zero-shot fusion; retrain it with the zero-shot score")

@@ -34,7 +34,8 @@ _EDGES = torch.tensor([float(v) for v in range(STROKE_LEVEL + 8, 248, 8)] + [flo
 _STD_EDGES = torch.tensor([2.0, 5.0, 10.0, 20.0, 40.0])
 _LAP_EDGES = torch.tensor([3.0, 8.0, 20.0, 50.0])
 _QUANTILES = torch.tensor([0.5, 0.75, 0.9, 0.95, 0.99])
-N_STATS = (len(_EDGES) + 1) + (len(_STD_EDGES) + 1) + (len(_LAP_EDGES) + 1) + len(_QUANTILES) + 2 + 8  # per channel
+_N_HISTOGRAMS = (len(_EDGES) + 1) + (len(_STD_EDGES) + 1) + (len(_LAP_EDGES) + 1)  # the first of each block
+N_STATS = _N_HISTOGRAMS + len(_QUANTILES) + 2 + 8  # per channel
 
 
 def _histogram(values: torch.Tensor, mask: torch.Tensor, edges: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
@@ -87,3 +88,12 @@ def stroke_statistics(x: torch.Tensor) -> torch.Tensor:
 def branch_statistics(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, 2 * C * N_STATS): the statistics of the image, then of its 3x3 median."""
     return torch.cat([stroke_statistics(x), stroke_statistics(median_filter(x, 3))], 1)
+
+
+def coarse_statistics(stats):
+    """(B, 2 * C * N_STATS) branch statistics (tensor or array) -> (B, 2 * C * 15): per block, only the level
+    quantiles, the cores' mean and spread, and the stroke's size and place, without the histograms. These say
+    whether there is a digit-like stroke at all, and the benign edits move them far less than the histograms
+    (what detector.domain reads)."""
+    blocks = stats.reshape(len(stats), -1, N_STATS)[:, :, _N_HISTOGRAMS:]
+    return blocks.reshape(len(stats), -1)

@@ -132,12 +132,15 @@ def recalibrate(det: Detector, *, families: list[Family], reals: list[str] | Non
                 route: bool = True, cache: Path | None = FAKE_CACHE, log=None) -> Detector:
     """The calibration step of `fit_detector` again, on a trained detector and the same sources and seed: Platt,
     the single threshold and the edit router refitted on the same calibration split (the same families in the
-    same order give the same Platt and single threshold). The network, the domain score, the zero-shot fusion
-    and the training record are kept."""
-    _, real_cal, _, fam_cal, _ = gather(det.config, families, reals, seed, cache, log)
-    new = calibrate(det.net, real_cal, torch.cat(list(fam_cal.values())), route=route, seed=seed, log=log)
-    return Detector(det.net, new.platt, new.threshold, det.fusion, det.fusion_threshold, {**det.meta, **new.meta},
-                    det.domain_score, new.router)
+    same order give the same Platt and single threshold), and the out-of-domain score refitted on the same
+    splits. The network, the zero-shot fusion and the training record are kept."""
+    real_tr, real_cal, fam_tr, fam_cal, _ = gather(det.config, families, reals, seed, cache, log)
+    fake_cal = torch.cat(list(fam_cal.values()))
+    cal = calibrate(det.net, real_cal, fake_cal, route=route, seed=seed, log=log)
+    new = Detector(det.net, cal.platt, cal.threshold, det.fusion, det.fusion_threshold, {**det.meta, **cal.meta},
+                   None, cal.router)
+    new.domain_score = fit_domain(new, real_tr, torch.cat(list(fam_tr.values())), real_cal, fake_cal, seed)
+    return new
 
 
 def fit_domain(det: Detector, real_tr: torch.Tensor, fake_tr: torch.Tensor, real_cal: torch.Tensor,
@@ -147,8 +150,14 @@ def fit_domain(det: Detector, real_tr: torch.Tensor, fake_tr: torch.Tensor, real
     g = torch.Generator().manual_seed(seed + 1)
     cal = torch.cat([perturb_for_calibration(real_cal, k, g) for k in CALIBRATION_PERTURBATIONS] + [fake_cal])
     _, f_tr, x_tr, _ = det.forward(torch.cat([real_tr, fake_tr]))
-    _, f_cal, x_cal, _ = det.forward(cal)
-    return DomainScore.fit(x_tr, f_tr, x_cal, f_cal)
+    _, f_cal, x_cal, s_cal = det.forward(cal, with_stats=True)
+    s_tr = None
+    if det.config.stats:  # the statistics' component, fitted on the training digits under every benign edit:
+        # the edits move the statistics far more than the pooled features, and an edited digit is in domain
+        tr = torch.cat([real_tr, fake_tr])
+        s_tr = np.concatenate([det.forward(perturb_for_calibration(tr, k, g), with_stats=True)[3]
+                               for k in CALIBRATION_PERTURBATIONS])
+    return DomainScore.fit(x_tr, f_tr, x_cal, f_cal, s_tr, s_cal if det.config.stats else None)
 
 
 def leave_one_out(cfg: DetectorConfig, real_tr, real_cal, fam_tr: dict, fam_cal: dict, *, epochs: int, seed: int,

@@ -180,6 +180,47 @@ def test_domain_score_flags_photos_and_text_not_digits(planted):
     assert verdict(False, "a colour image", 0.1) == (False, "a colour image")
 
 
+def test_domain_score_reads_the_stroke_statistics_of_a_stats_network(planted, tmp_path):
+    """With the statistics branch, the domain score gains a third component, which flags dark low-contrast
+    photo-like crops (no stroke at digit levels) and not held-out real digits, clean or JPEG'd; the components
+    together flag DOMAIN_FLAG_RATE of the calibration images. A score without it (older files) still works."""
+    from detector.domain import DOMAIN_FLAG_RATE
+    from detector.model import DetectorNet
+    from detector.predict import Detector
+    from detector.stats import N_STATS, coarse_statistics
+
+    _, real_tr, fake_tr, cal_real, cal_fake = planted
+    torch.manual_seed(0)
+    net = DetectorNet(DetectorConfig(input="raw", stats=True, background_floor=32, **TINY))
+    det = calibrate(net, cal_real, cal_fake, perturbations=("clean",), seed=0)
+    ds = fit_domain(det, real_tr, fake_tr, cal_real, cal_fake)
+    assert ds.needs_stats and ds.t["thresholds"].shape == (3,)
+    det = Detector(det.net, det.platt, det.threshold, domain_score=ds)
+
+    def stats_flags(x):
+        _, f, fitted, st = det.forward(x, with_stats=True)
+        assert coarse_statistics(st).shape == (len(x), 2 * 15) and st.shape[1] == 2 * N_STATS
+        return ds.raw(fitted, f, st)[:, 2] > ds.t["thresholds"][2].item()
+
+    g = torch.Generator().manual_seed(3)  # smooth texture between 10 and 60 levels, like a shadowed photo crop
+    dark = torch.nn.functional.avg_pool2d(torch.rand(200, 1, 34, 34, generator=g), 7, 1)
+    dark = ((10 + 50 * (dark - dark.amin((2, 3), keepdim=True)) / (dark.amax((2, 3), keepdim=True)
+            - dark.amin((2, 3), keepdim=True))).round() / 127.5 - 1)
+    assert stats_flags(dark).mean() >= 0.9
+    held = real_split("heldout")
+    assert stats_flags(held).mean() <= 0.02 and stats_flags(jpeg(held, 75)).mean() <= 0.02
+    gc = torch.Generator().manual_seed(1)
+    cal = torch.cat([perturb_for_calibration(cal_real, k, gc) for k in ("clean", "jpeg", "blur", "resize", "noise",
+                                                                       "tidy")] + [cal_fake])
+    assert (det.score(cal)["domain_score"] > 1).mean() <= DOMAIN_FLAG_RATE + 2 / len(cal)
+    # a score fitted without the statistics (a detector saved before them) loads and ignores them
+    _, f, fitted, _ = det.forward(cal_real)
+    old = DomainScore.fit(fitted, f, fitted, f)
+    old.save(tmp_path)
+    again = DomainScore.load(tmp_path)
+    assert not again.needs_stats and np.allclose(again(fitted, f, None), old(fitted, f), atol=1e-5)
+
+
 def test_perturbations_for_calibration_are_seeded_and_8bit():
     x = real_split("calib")[:12]
     for kind in ("clean", "jpeg", "blur", "resize", "noise", "tidy"):
