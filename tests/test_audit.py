@@ -71,7 +71,15 @@ def test_mixed_folder_gives_the_expected_counts(mixed, tmp_path):
     assert by["copy_of_r0.png"]["sha256"] == by["r0.png"]["sha256"]
     assert all(r["verdict"] == "watermarked-ours" for n, r in by.items() if n.startswith("w"))
     csv_lines = (tmp_path / "rep" / "report.csv").read_text().strip().splitlines()
-    assert len(csv_lines) == 1 + s["files"] and csv_lines[0].startswith("path,verdict,p_synthetic")
+    assert len(csv_lines) == 1 + s["files"] and csv_lines[0].startswith("path,verdict,p_synthetic,threshold")
+    # each classifier verdict agrees with the threshold the file was judged at, one of the router's
+    routes = s["routed_thresholds"]
+    assert set(routes) >= {"clean", "jpeg", "blur"} and 0.5 <= s["threshold"] < 1
+    judged = [r for r in rows if r["verdict"] in ("synthetic", "likely-real")]
+    assert judged and all(round(r["threshold"], 3) in {round(t, 3) for t in routes.values()} for r in judged)
+    assert all((r["verdict"] == "synthetic") == (r["p_synthetic"] > r["threshold"]) for r in judged)
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert f"clean {routes['clean']:.2f}" in page
 
 
 def _evil_zip(path: Path, good: bytes) -> None:

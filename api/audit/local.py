@@ -114,13 +114,14 @@ def run_audit(source: str | os.PathLike, out: str | os.PathLike, spec: ScanSpec 
     rows = [by_path[e.path] for e in entries if e.path in by_path]
     groups = duplicate_groups(rows)
     if scanner is not None:
-        threshold = scanner.detector.threshold
+        det = scanner.detector
     else:
         from detector.predict import load_detector
 
-        threshold = load_detector(spec.detector, device="cpu").threshold
-    summary = summarize(rows, groups, threshold, {"input": label or str(source), "engine": engine, "scored_this_run": scored,
-                                                  "seconds_this_run": round(seconds, 3)})
+        det = load_detector(spec.detector, device="cpu")
+    summary = summarize(rows, groups, det.threshold, {"input": label or str(source), "engine": engine,
+                                                      "scored_this_run": scored, "seconds_this_run": round(seconds, 3)},
+                        None if det.router is None else det.router.by_edit)
     write_reports(out, rows, summary, groups, _reader(entries))
     return summary
 

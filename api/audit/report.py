@@ -77,13 +77,17 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return _POP8[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.int32)
 
 
-def summarize(rows: list[dict], groups: list[list[int]], threshold: float | None, meta: dict) -> dict:
+def summarize(rows: list[dict], groups: list[list[int]], threshold: float | None, meta: dict,
+              routed_thresholds: dict[str, float] | None = None) -> dict:
+    """The report's summary. `threshold` is the detector's edit-blind one; with an edit router, each file was
+    judged at the threshold of the edit it was guessed to have gone through (`routed_thresholds`, and each
+    row's "threshold")."""
     counts = Counter(r["verdict"] for r in rows)
     scored = [r for r in rows if r["verdict"] != "unreadable"]
     flagged = sum(r["verdict"] in ("watermarked-ours", "signed-synthetic", "synthetic") for r in rows)
     return {**meta, "files": len(rows), "counts": dict(sorted(counts.items())),
             "synthetic_fraction": flagged / len(scored) if scored else None,
-            "threshold": threshold, "duplicate_groups": len(groups),
+            "threshold": threshold, "routed_thresholds": routed_thresholds, "duplicate_groups": len(groups),
             "files_in_duplicate_groups": sum(len(g) for g in groups), "unreadable": counts.get("unreadable", 0)}
 
 
@@ -107,7 +111,8 @@ def write_reports(out: Path, rows: list[dict], summary: dict, groups: list[list[
     atomic_write_bytes(out / "report.html", render_html(rows, summary, groups, read, top).encode())
 
 
-def _histogram_png(rows: list[dict], threshold: float | None) -> str:
+def _histogram_png(rows: list[dict], threshold: float | None, routed: dict[str, float] | None = None) -> str:
+    """p_synthetic of the scored files, with the threshold (or one line per route of the edit router)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,9 +121,12 @@ def _histogram_png(rows: list[dict], threshold: float | None) -> str:
     p = [r["p_synthetic"] for r in rows if r.get("p_synthetic") is not None]
     fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
     ax.hist(p, bins=50, range=(0, 1), color="#4a78b5")
-    if threshold is not None:
-        ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"threshold {threshold:.2f}")
-        ax.legend()
+    lines = ({f"threshold if {edit}": t for edit, t in routed.items()} if routed
+             else {"threshold": threshold} if threshold is not None else {})
+    for (label, t), style in zip(lines.items(), ("--", ":", "-.", (0, (5, 1)), (0, (1, 3)), (0, (3, 1, 1, 1)))):
+        ax.axvline(t, color="#c0392b", linestyle=style, label=f"{label} {t:.2f}")
+    if lines:
+        ax.legend(fontsize="small")
     ax.set_xlabel("p_synthetic")
     ax.set_ylabel("files")
     ax.set_title("Classifier scores")
@@ -153,6 +161,10 @@ def render_html(rows: list[dict], summary: dict, groups: list[list[int]], read: 
     bad = "".join(f"<tr><td>{e(r['path'])}</td><td>{e(r.get('error') or '')}</td></tr>"
                   for r in rows if r["verdict"] == "unreadable")
     frac = summary.get("synthetic_fraction")
+    routed, thr = summary.get("routed_thresholds"), summary.get("threshold")
+    rule = ("Each file is judged at the threshold of the benign edit it seems to have gone through: "
+            + ", ".join(f"{e(k)} {v:.2f}" for k, v in routed.items()) + "." if routed
+            else f"Files above {thr:.2f} are called synthetic." if thr is not None else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ddpm-guard audit: {e(str(summary.get('input')))}</title>
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
@@ -165,7 +177,8 @@ figure img{{width:96px;image-rendering:pixelated;border:1px solid #999}}.noimg{{
 <p>{summary['files']} files; {summary['unreadable']} unreadable; flagged as synthetic (watermark, trusted manifest or
 classifier): <b>{'-' if frac is None else f'{100 * frac:.1f} %'}</b> of readable files. Engine: {e(str(summary.get('engine')))}.</p>
 <h2>Verdicts</h2><table id="counts"><tr><th>verdict</th><th>files</th></tr>{counts}</table>
-<h2>Classifier scores</h2><img id="histogram" alt="histogram of p_synthetic" src="data:image/png;base64,{_histogram_png(rows, summary.get('threshold'))}">
+<h2>Classifier scores</h2><img id="histogram" alt="histogram of p_synthetic" src="data:image/png;base64,{_histogram_png(rows, summary.get('threshold'), summary.get('routed_thresholds'))}">
+<p id="thresholds">{rule}</p>
 <h2>Most likely synthetic (top {len(flagged)})</h2><div id="flagged">{''.join(thumbs) or '<p>none</p>'}</div>
 <h2>Near-duplicate groups ({len(groups)})</h2><table id="duplicates"><tr><th>group</th><th>files</th><th>paths</th></tr>{dup}</table>
 <h2>Unreadable files</h2><table id="unreadable"><tr><th>path</th><th>reason</th></tr>{bad}</table>
