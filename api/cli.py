@@ -407,7 +407,7 @@ def cmd_detector_train(a: argparse.Namespace) -> int:
     cfg = DetectorConfig(input=a.input, background_floor=a.background_floor, stats=not a.no_stats)
     det = fit_detector(cfg, families=families, reals=a.real, epochs=a.epochs, seed=a.seed, aug_p=a.augment_p,
                        stay_positive=a.stay_positive, zero_shot=a.zero_shot, loo=not a.no_loo, loo_epochs=a.loo_epochs,
-                       log=log)
+                       experts=not a.no_experts, log=log)
     det.save(a.out)
     print(json.dumps({**_calibration_summary(det, a.out), "leave_one_out": det.meta.get("leave_one_out")}))
     return 0
@@ -424,7 +424,8 @@ def cmd_detector_calibrate(a: argparse.Namespace) -> int:
     families = _detector_sources(a, out)
     det = load_detector(a.detector)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    det = recalibrate(det, families=families, reals=a.real, seed=a.seed, route=not a.no_route, log=log)
+    det = recalibrate(det, families=families, reals=a.real, seed=a.seed, route=not a.no_route,
+                      experts=not a.no_experts, log=log)
     det.save(out)
     print(json.dumps(_calibration_summary(det, out)))
     return 0
@@ -505,6 +506,10 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
+
+
+NO_EXPERTS_HELP = ("the network judges every file: no edit expert (a tree ensemble on the stroke statistics that "
+                   "judges the files the router thinks were JPEG'd, blurred, resized or noised)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -744,9 +749,10 @@ def build_parser() -> argparse.ArgumentParser:
     dtr.add_argument("--no-loo", action="store_true", help="skip the leave-one-family-out report (one training per family)")
     dtr.add_argument("--loo-epochs", type=_positive_int, default=40, help="epochs of each leave-one-out run (default 40)")
     dtr.add_argument("--zero-shot", action="store_true", help="also fit the DIRE fusion (bundled generator; slow)")
+    dtr.add_argument("--no-experts", action="store_true", help=NO_EXPERTS_HELP)
     dtr.set_defaults(func=cmd_detector_train)
     dca = dt.add_parser("calibrate", help="refit a trained detector's calibration (Platt, the threshold, the edit "
-                        "router, the out-of-domain score) on the same sources and seed as its training; the network is "
+                        "router and its expert, the out-of-domain score) on the same sources and seed as its training; the network is "
                         "kept")
     dca.add_argument("--detector", default=None, help="detector folder (default: the bundled detector; then give --out)")
     dca.add_argument("--out", default=None, help="where to save (default: --detector, rewritten)")
@@ -755,7 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="as for `detector train`, in the same order (it fixes the calibration draws)")
     dca.add_argument("--fake", action="append", metavar="folder:PATH", help="as for `detector train`")
     dca.add_argument("--seed", type=int, default=0, help="the training seed (default 0)")
-    dca.add_argument("--no-route", action="store_true", help="one threshold for every image: no edit router")
+    dca.add_argument("--no-route", action="store_true", help="one threshold for every image: no edit router (and so "
+                     "no edit expert)")
+    dca.add_argument("--no-experts", action="store_true", help=NO_EXPERTS_HELP)
     dca.set_defaults(func=cmd_detector_calibrate)
     dev = dt.add_parser("eval", help="per family x perturbation: AUC, TPR@1%%FPR, real FPR at the stored threshold; "
                         "out-of-domain table, reliability diagram, ROC plot")

@@ -78,9 +78,14 @@ class EditRouter:
 
     @classmethod
     def fit(cls, stats: dict[str, tuple[np.ndarray, np.ndarray]], p_real: dict[str, np.ndarray], single: float,
-            fpr: float = 0.01) -> "EditRouter":
+            fpr: float = 0.01, p_fake: dict[str, np.ndarray] | None = None) -> "EditRouter":
         """stats: {edit: (statistics of the calibration reals, of the calibration fakes)}; p_real: {edit: the
-        reals' calibrated probabilities}; single: the edit-blind threshold, the fallback of a thin route."""
+        reals' calibrated probabilities, (N,), or (N, edits) when each route scores its images its own way
+        (detector.experts): column i is the probability route i would give}; single: the edit-blind threshold,
+        the fallback of a thin route. With p_fake (the fakes' probabilities, laid out like p_real), the thresholds
+        are then raised until the reals of *every* edit are flagged at most `fpr` (`_hold_per_edit`): a file
+        misrouted to a route whose judge was not made for its edit (a lightly blurred real judged as clean) must
+        not push its edit over."""
         edits = tuple(stats)
         x = np.concatenate([np.concatenate(stats[k]) for k in edits]).astype(np.float64)
         y = np.concatenate([np.full(len(stats[k][0]) + len(stats[k][1]), i) for i, k in enumerate(edits)])
@@ -92,10 +97,18 @@ class EditRouter:
             coef[rows], icpt[rows] = lr.coef_, lr.intercept_
         router = cls(edits, tuple(mu.tolist()), tuple(sd.tolist()), tuple(map(tuple, coef.tolist())), tuple(icpt.tolist()),
                      (single,) * len(edits))
-        pr = np.concatenate([p_real[k] for k in edits])
+        pr = np.concatenate([np.broadcast_to(np.asarray(p_real[k]).reshape(len(p_real[k]), -1),
+                                             (len(p_real[k]), len(edits))) for k in edits])
         route = router.route(np.concatenate([stats[k][0] for k in edits]))
-        thr = [max(threshold_at_fpr(pr[route == i], fpr), 0.5) if (route == i).sum() >= cls.MIN_REALS else single
+        thr = [max(threshold_at_fpr(pr[route == i, i], fpr), 0.5) if (route == i).sum() >= cls.MIN_REALS else single
                for i in range(len(edits))]
+        if p_fake is not None:
+            pf = np.concatenate([np.broadcast_to(np.asarray(p_fake[k]).reshape(len(p_fake[k]), -1),
+                                                 (len(p_fake[k]), len(edits))) for k in edits])
+            route_f = router.route(np.concatenate([stats[k][1] for k in edits]))
+            edit_r = np.concatenate([np.full(len(p_real[k]), i) for i, k in enumerate(edits)])
+            rows_r, rows_f = np.arange(len(pr)), np.arange(len(pf))
+            thr = _hold_per_edit(np.array(thr), route, pr[rows_r, route], edit_r, route_f, pf[rows_f, route_f], fpr)
         return replace(router, thresholds=tuple(float(t) for t in thr))
 
     @property
@@ -125,6 +138,25 @@ class EditRouter:
                 and len(r.mean) == len(r.std) == width and all(len(row) == width for row in r.coef)):
             raise ValueError(f"the edit router's sizes do not match ({len(r.edits)} edits, {width} statistics expected)")
         return r
+
+
+def _hold_per_edit(thr: np.ndarray, route_r: np.ndarray, p_r: np.ndarray, edit_r: np.ndarray, route_f: np.ndarray,
+                   p_f: np.ndarray, fpr: float) -> np.ndarray:
+    """Per-route thresholds raised, greedily, until each edit's reals are flagged at most `fpr`: while an edit is
+    over, of its flagged reals the one whose route loses the fewest calibration fakes when its threshold rises to
+    that real's probability sets that route's new threshold. Each step clears at least one false positive."""
+    thr = thr.astype(np.float64).copy()
+    n_edit = np.bincount(edit_r)
+    while True:
+        flagged = p_r > thr[route_r]
+        over = np.bincount(edit_r[flagged], minlength=len(n_edit)) - fpr * n_edit
+        worst = int(over.argmax())
+        if over[worst] <= 0:
+            return thr
+        cands = np.flatnonzero(flagged & (edit_r == worst))
+        cost = [((route_f == route_r[j]) & (p_f > thr[route_r[j]]) & (p_f <= p_r[j])).sum() for j in cands]
+        j = cands[int(np.argmin(cost))]
+        thr[route_r[j]] = p_r[j]
 
 
 def threshold_at_fpr(p_real: np.ndarray, fpr: float = 0.01) -> float:

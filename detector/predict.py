@@ -17,6 +17,7 @@ from generator.errors import GuardError
 from generator.image_io import decode_image, expand_paths, fit_to, read_bytes, to_tensor
 from detector.calibrate import EditRouter, Fusion, Platt
 from detector.domain import DomainRules, DomainScore, verdict
+from detector.experts import EditExpert
 from detector.model import DetectorConfig, DetectorNet
 from detector.stats import N_STATS
 
@@ -32,11 +33,13 @@ class Detector:
 
     def __init__(self, net: DetectorNet, platt: Platt, threshold: float, fusion: Fusion | None = None,
                  fusion_threshold: float | None = None, meta: dict | None = None,
-                 domain_score: DomainScore | None = None, router: EditRouter | None = None):
+                 domain_score: DomainScore | None = None, router: EditRouter | None = None,
+                 expert: EditExpert | None = None):
         # threshold: the edit-blind one (the highest of the per-edit 1 %-FPR thresholds); with a router, each
         # image is judged at the threshold of the benign edit it is guessed to have gone through
         self.net, self.platt, self.threshold, self.router = net.eval(), platt, threshold, router
         self.domain_score = domain_score
+        self.expert = expert  # the judge of the files routed to an edit (detector.experts); needs a router
         self.fusion, self.fusion_threshold = fusion, fusion_threshold
         self.meta = meta or {}
         self.domain = DomainRules(**self.meta.get("domain", {}))  # built once, not per image
@@ -93,13 +96,28 @@ class Detector:
             self._generator = (model, schedule)
         return self._generator
 
+    def decide(self, logit: np.ndarray, stats: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(p_synthetic, the threshold it is judged at) per image, from the network's logits and the stroke
+        statistics: with a router, each image goes to the route of the edit it seems to have gone through, where
+        the edit expert gives the probability if it covers that edit, and the route's threshold decides; otherwise the
+        network's calibrated probability and the single threshold."""
+        p = self.platt(logit)
+        if self.router is None or not len(p):
+            return p, np.full(len(p), self.threshold)
+        route = self.router.route(stats)
+        if self.expert is not None:
+            expert = self.expert.p(stats, np.asarray(self.router.edits)[route])
+            p = np.where(np.isnan(expert), p, expert)
+        return p, np.asarray(self.router.thresholds)[route]
+
     def score(self, images: torch.Tensor, zero_shot: bool = False) -> dict[str, np.ndarray]:
         """{"p_synthetic", "synthetic", "threshold", "classifier", "classifier_logit"[, "domain_score"][, "dire", "fused"]}
-        for (B, C, H, W); "threshold" is the one each image was judged at (the router's, or the single one)."""
+        for (B, C, H, W); "threshold" is the one each image was judged at (the router's, or the single one), and
+        p_synthetic the probability of its judge (`decide`); "classifier" is the network's alone."""
         logit, feats, fitted, stats = self.forward(images)
-        p = self.platt(logit)
-        thr = self.router.threshold(stats) if self.router is not None and len(p) else np.full(len(p), self.threshold)
-        out = {"classifier_logit": logit, "classifier": p, "p_synthetic": p, "synthetic": p > thr, "threshold": thr}
+        p, thr = self.decide(logit, stats)
+        out = {"classifier_logit": logit, "classifier": self.platt(logit), "p_synthetic": p, "synthetic": p > thr,
+               "threshold": thr}
         if self.domain_score is not None:
             out["domain_score"] = self.domain_score(fitted, feats, stats) if len(fitted) else np.zeros(0)
         if zero_shot:
@@ -119,11 +137,14 @@ class Detector:
         save_tensors(self.net.state_dict(), folder / "model.safetensors")
         cfg = {"format": DETECTOR_FORMAT, "model": self.config.to_dict(),
                "calibration": {"platt": {"a": self.platt.a, "b": self.platt.b}, "threshold": self.threshold,
-                               "router": None if self.router is None else self.router.to_dict()},
+                               "router": None if self.router is None else self.router.to_dict(),
+                               "expert": None if self.expert is None else self.expert.to_config()},
                "fusion": None if self.fusion is None else {**self.fusion.to_dict(), "threshold": self.fusion_threshold},
                **self.meta, **(extra or {})}
         if self.domain_score is not None:
             self.domain_score.save(folder)
+        if self.expert is not None:
+            self.expert.save(folder)
         save_json(cfg, folder / "config.json")  # last: a config always points at complete files
 
 
@@ -134,7 +155,11 @@ def load_detector(folder: str | Path | None = None, device: str | torch.device |
         net = DetectorNet(DetectorConfig.from_dict(cfg["model"]))
         cal = cfg["calibration"]
         platt, threshold = Platt(float(cal["platt"]["a"]), float(cal["platt"]["b"])), float(cal["threshold"])
-        router = EditRouter.from_dict(cal["router"], 2 * net.config.in_chans * N_STATS) if cal.get("router") else None
+        n_stats = 2 * net.config.in_chans * N_STATS
+        router = EditRouter.from_dict(cal["router"], n_stats) if cal.get("router") else None
+        expert = EditExpert.load(folder, cal["expert"], n_stats) if cal.get("expert") and router else None
+        if expert is not None and set(expert.edits) - set(router.edits):
+            raise ValueError("the edit expert names an edit the router has no route for")
         fusion = fusion_threshold = None
         if cfg.get("fusion"):
             f = dict(cfg["fusion"])
@@ -149,7 +174,7 @@ def load_detector(folder: str | Path | None = None, device: str | torch.device |
         raise GuardError(f"{folder}: detector weights do not match its config ({str(e).splitlines()[0]})") from None
     meta = {k: v for k, v in cfg.items() if k not in ("format", "model", "calibration", "fusion")}
     return Detector(net.to(device or default_device()), platt, threshold, fusion, fusion_threshold, meta,
-                    DomainScore.load(folder), router)
+                    DomainScore.load(folder), router, expert)
 
 
 def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = False, batch_size: int = 256,

@@ -32,6 +32,7 @@ from generator.checkpoint import default_device
 from detector.calibrate import EditRouter, Fusion, Platt, threshold_at_fpr
 from detector.data import CALIBRATION_PERTURBATIONS, augment, perturb_for_calibration
 from detector.domain import DomainScore
+from detector.experts import EditExpert
 from detector.model import DetectorConfig, DetectorNet
 from detector.predict import Detector
 from detector.sources import Family, family_fakes, real_images, split_sources
@@ -85,10 +86,12 @@ def train_net(cfg: DetectorConfig, real: torch.Tensor, fakes: torch.Tensor | dic
 
 def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_shot: bool = False, generator=None,
               perturbations: tuple[str, ...] = CALIBRATION_PERTURBATIONS, route: bool = True, seed: int = 0,
-              log=None) -> Detector:
+              expert_train: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, log=None) -> Detector:
     """Platt scaling on calibration reals and fakes under every perturbation; the single threshold is the largest
     per-perturbation 1%-FPR threshold of the reals; with `route`, the edit router (EditRouter) and its per-route
-    thresholds on the same images; the DIRE fusion (clean images) if asked."""
+    thresholds on the same images; with `expert_train` ({edit: statistics of training reals, of training fakes}
+    under that edit, `expert_statistics`) the edit expert (detector.experts), fitted on those and Platt-scaled
+    here, whose probabilities the edit routes' thresholds are then set on; the DIRE fusion (clean images) if asked."""
     det = Detector(net, Platt(1.0, 0.0), 0.5)
     g = torch.Generator().manual_seed(seed)
     parts_r = {k: det.forward(perturb_for_calibration(real, k, g), with_stats=True) for k in perturbations}
@@ -98,12 +101,23 @@ def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_
     platt = Platt.fit(np.r_[np.concatenate(list(logit_r.values())), np.concatenate(list(logit_f.values()))], y)
     per_edit = {k: threshold_at_fpr(platt(v), TARGET_FPR) for k, v in logit_r.items()}
     threshold = max(per_edit.values())
-    router = None
+    router = expert = None
     # an edit whose statistics equal another's (tidy after the background floor is clean) adds nothing to route on
     edits = [k for k in perturbations if not (k == "tidy" and net.config.background_floor)]
     if route and len(edits) > 1:  # one edit: nothing to route between, the single threshold is its threshold
-        router = EditRouter.fit({k: (parts_r[k][3], parts_f[k][3]) for k in edits},
-                                {k: platt(logit_r[k]) for k in edits}, threshold, TARGET_FPR)
+        p_real, p_fake = {k: platt(logit_r[k]) for k in edits}, {k: platt(logit_f[k]) for k in edits}
+        if expert_train:
+            if log:
+                log("edit expert for: " + ", ".join(k for k in edits if k in expert_train))
+            expert = EditExpert.fit({k: v for k, v in expert_train.items() if k in edits},
+                                    {k: (parts_r[k][3], parts_f[k][3]) for k in expert_train if k in edits}, seed)
+
+            def per_route(parts, p):  # column i: what route i would give each image (the expert, or the network)
+                return {k: np.stack([pe if e in expert.edits else p[k] for e in edits], 1)
+                        for k in edits for pe in [expert.prob(parts[k][3])]}
+            p_real, p_fake = per_route(parts_r, p_real), per_route(parts_f, p_fake)
+        router = EditRouter.fit({k: (parts_r[k][3], parts_f[k][3]) for k in edits}, p_real, threshold, TARGET_FPR,
+                                p_fake)
     fusion = fusion_threshold = None
     if zero_shot:
         from detector.zeroshot import dire_scores
@@ -117,29 +131,45 @@ def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_
         yc = np.r_[np.zeros(len(real)), np.ones(len(fake))]
         fusion = Fusion.fit(feats, yc)
         fusion_threshold = threshold_at_fpr(fusion(feats)[yc == 0], TARGET_FPR)
-    out = Detector(net, platt, threshold, fusion, fusion_threshold, router=router)
+    out = Detector(net, platt, threshold, fusion, fusion_threshold, router=router, expert=expert)
 
     def judged(parts) -> float:  # the share called synthetic, each image at its own threshold
-        p = platt(parts[0])
-        return float((p > (router.threshold(parts[3]) if router is not None else threshold)).mean())
+        p, thr = out.decide(parts[0], parts[3])
+        return float((p > thr).mean())
 
     out.meta["calibration_fpr"] = {k: judged(v) for k, v in parts_r.items()}
     out.meta["calibration_tpr"] = {k: judged(v) for k, v in parts_f.items()}
     return out
 
 
+EXPERT_EDITS = ("jpeg", "blur", "resize", "noise")  # the routes that get an edit expert; clean stays with the network
+
+
+def expert_statistics(det: Detector, real: torch.Tensor, fake: torch.Tensor, seed: int = 0,
+                      edits: tuple[str, ...] = EXPERT_EDITS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{edit: (stroke statistics of the training reals, of the training fakes)} under that benign edit, drawn as
+    for calibration (two draws of each real, one of each fake): what the edit expert trains on."""
+    g = torch.Generator().manual_seed(seed + 2)
+    out = {}
+    for k in edits:
+        r = torch.cat([perturb_for_calibration(real, k, g) for _ in range(2)])
+        out[k] = (det.forward(r, with_stats=True)[3], det.forward(perturb_for_calibration(fake, k, g), with_stats=True)[3])
+    return out
+
+
 def recalibrate(det: Detector, *, families: list[Family], reals: list[str] | None = None, seed: int = 0,
-                route: bool = True, cache: Path | None = FAKE_CACHE, log=None) -> Detector:
+                route: bool = True, experts: bool = True, cache: Path | None = FAKE_CACHE, log=None) -> Detector:
     """The calibration step of `fit_detector` again, on a trained detector and the same sources and seed: Platt,
-    the single threshold and the edit router refitted on the same calibration split (the same families in the
-    same order give the same Platt and single threshold), and the out-of-domain score refitted on the same
+    the single threshold, the edit router and the edit expert refitted on the same splits (the same families in
+    the same order give the same Platt and single threshold), and the out-of-domain score refitted on the same
     splits. The network, the zero-shot fusion and the training record are kept."""
     real_tr, real_cal, fam_tr, fam_cal, _ = gather(det.config, families, reals, seed, cache, log)
-    fake_cal = torch.cat(list(fam_cal.values()))
-    cal = calibrate(det.net, real_cal, fake_cal, route=route, seed=seed, log=log)
+    fake_cal, fake_tr = torch.cat(list(fam_cal.values())), torch.cat(list(fam_tr.values()))
+    expert_train = expert_statistics(det, real_tr, fake_tr, seed) if experts and route and det.config.stats else None
+    cal = calibrate(det.net, real_cal, fake_cal, route=route, seed=seed, expert_train=expert_train, log=log)
     new = Detector(det.net, cal.platt, cal.threshold, det.fusion, det.fusion_threshold, {**det.meta, **cal.meta},
-                   None, cal.router)
-    new.domain_score = fit_domain(new, real_tr, torch.cat(list(fam_tr.values())), real_cal, fake_cal, seed)
+                   None, cal.router, cal.expert)
+    new.domain_score = fit_domain(new, real_tr, fake_tr, real_cal, fake_cal, seed)
     return new
 
 
@@ -201,7 +231,7 @@ def gather(cfg: DetectorConfig, families: list[Family], reals: list[str] | None,
 
 def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, families: list[Family], reals: list[str] | None = None,
                  epochs: int = 100, seed: int = 0, aug_p: float = AUG_P, stay_positive: bool = False,
-                 zero_shot: bool = False, loo: bool = True,
+                 zero_shot: bool = False, loo: bool = True, experts: bool = True,
                  loo_epochs: int | None = None, cache: Path | None = FAKE_CACHE, log=None) -> Detector:
     real_tr, real_cal, fam_tr, fam_cal, sources = gather(cfg, families, reals, seed, cache, log)
     if log:
@@ -213,11 +243,14 @@ def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, families: list[Famil
         from generator.checkpoint import load_model
 
         generator = load_model(None)[:2]
-    fake_cal = torch.cat(list(fam_cal.values()))
-    det = calibrate(net, real_cal, fake_cal, zero_shot=zero_shot, generator=generator, seed=seed, log=log)
-    det.domain_score = fit_domain(det, real_tr, torch.cat(list(fam_tr.values())), real_cal, fake_cal, seed)
+    fake_cal, fake_tr = torch.cat(list(fam_cal.values())), torch.cat(list(fam_tr.values()))
+    expert_train = (expert_statistics(Detector(net, Platt(1.0, 0.0), 0.5), real_tr, fake_tr, seed)
+                    if experts and cfg.stats else None)
+    det = calibrate(net, real_cal, fake_cal, zero_shot=zero_shot, generator=generator, seed=seed,
+                    expert_train=expert_train, log=log)
+    det.domain_score = fit_domain(det, real_tr, fake_tr, real_cal, fake_cal, seed)
     cmd = " ".join(["ddpm-guard detector train", f"--input {cfg.input}", f"--background-floor {cfg.background_floor}"]
-                   + ([] if cfg.stats else ["--no-stats"]) + [
+                   + ([] if cfg.stats else ["--no-stats"]) + ([] if experts else ["--no-experts"]) + [
                     f"--epochs {epochs}", f"--augment-p {aug_p}", f"--seed {seed}"]
                    + (["--stay-positive"] if stay_positive else [])
                    + [f"--real {r}" for r in reals or []]

@@ -138,6 +138,98 @@ def test_edit_router_routes_by_statistics_and_sets_each_route_its_threshold():
     assert thin.thresholds == (single, 0.5)
 
 
+def test_tree_ensemble_matches_sklearn_and_refuses_bad_arrays():
+    """Our tree walk gives scikit-learn's decision function exactly, and survives a round trip through tensors;
+    a tree pointing outside its arrays is refused."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from detector.experts import TreeEnsemble
+
+    rng = np.random.default_rng(0)
+    x = rng.random((3000, 12))
+    y = (x[:, 0] + x[:, 3] * x[:, 5] + 0.2 * rng.standard_normal(3000) > 0.8).astype(int)
+    clf = HistGradientBoostingClassifier(max_iter=40, random_state=0).fit(x, y)
+    t = TreeEnsemble.from_sklearn(clf)
+    test = rng.random((500, 12))
+    assert np.allclose(t.logit(test), clf.decision_function(test), atol=1e-12)
+    again = TreeEnsemble.from_tensors(t.to_tensors("e"), "e")
+    assert np.array_equal(again.logit(test), t.logit(test))
+    bad = t.to_tensors("e")
+    bad["e.left"][0, 0] = 10_000
+    with pytest.raises(ValueError, match="outside its trees"):
+        TreeEnsemble.from_tensors(bad, "e")
+
+
+def test_router_thresholds_hold_every_edit_when_files_are_misrouted():
+    """Reals of one edit that the router sends to another route, where they score high, push that edit's false
+    positives over the target with per-route thresholds alone; with the fakes given, the thresholds are raised
+    until every edit holds it, at the lowest cost in fakes."""
+    from detector.calibrate import EditRouter
+
+    rng = np.random.default_rng(1)
+    n = 800
+    # many clean reals: the clean route's 1 % allowance is larger than the blurred reals' own 1 %
+    stats = {"clean": (rng.normal(0, 1, (3 * n, 4)), rng.normal(0, 1, (n, 4))),
+             "blur": (rng.normal(3, 1, (n, 4)), rng.normal(3, 1, (n, 4)))}
+    # 5 % of the blurred reals look clean (misrouted) and score like fakes there
+    stats["blur"][0][: n // 20] = rng.normal(0, 1, (n // 20, 4))
+    p_real = {"clean": rng.uniform(0, 0.8, 3 * n),
+              "blur": np.r_[rng.uniform(0.85, 0.95, n // 20), rng.uniform(0, 0.8, n - n // 20)]}
+    p_fake = {k: rng.uniform(0.5, 1, n) for k in stats}
+
+    def per_edit_fpr(router):
+        return {k: float((p_real[k] > router.threshold(stats[k][0])).mean()) for k in stats}
+
+    loose = EditRouter.fit(stats, p_real, 0.99)
+    assert per_edit_fpr(loose)["blur"] > 0.02
+    held = EditRouter.fit(stats, p_real, 0.99, p_fake=p_fake)
+    assert all(v <= 0.01 for v in per_edit_fpr(held).values())
+    assert all(h >= lo for h, lo in zip(held.thresholds, loose.thresholds))
+
+
+def test_edit_expert_judges_edited_files_and_round_trips(planted, tmp_path):
+    """With the edit expert, files routed to an edit are judged by it (clean ones by the network), the detector
+    saves and loads it exactly, held-out reals under every edit stay near the calibrated rate, and a detector
+    whose expert file is missing or reads statistics that do not exist is refused at load."""
+    import shutil
+
+    from detector.predict import Detector, load_detector
+    from detector.train import expert_statistics
+
+    net, real_tr, fake_tr, cal_real, cal_fake = planted
+    train = expert_statistics(Detector(net, calibrate(net, cal_real, cal_fake, route=False).platt, 0.5),
+                              real_tr, fake_tr, seed=0, edits=("jpeg", "blur"))
+    det = calibrate(net, cal_real, cal_fake, seed=0, expert_train=train)
+    assert det.expert is not None and det.expert.edits == ("jpeg", "blur")
+    det.save(tmp_path / "det")
+    again = load_detector(tmp_path / "det", device="cpu")
+    held = real_split("heldout")
+    g = torch.Generator().manual_seed(7)
+    for edit in det.router.edits:
+        x = perturb_for_calibration(held, edit, g)
+        s, s0 = again.score(x), det.score(x)
+        assert np.array_equal(s["p_synthetic"], s0["p_synthetic"])
+        _, _, _, st = again.forward(x, with_stats=True)
+        routed = np.asarray(det.router.edits)[det.router.route(st)]
+        by_expert = np.isin(routed, det.expert.edits)
+        assert np.allclose(s["p_synthetic"][by_expert], det.expert.prob(st[by_expert]))
+        assert np.allclose(s["p_synthetic"][~by_expert], s["classifier"][~by_expert])
+        assert s["synthetic"].mean() <= 0.03, edit
+    broken = tmp_path / "broken"
+    shutil.copytree(tmp_path / "det", broken)
+    (broken / "experts.safetensors").unlink()
+    with pytest.raises(GuardError):
+        load_detector(broken, device="cpu")
+    shutil.copytree(tmp_path / "det", broken, dirs_exist_ok=True)
+    from generator.checkpoint import load_tensors, save_tensors
+
+    t, _ = load_tensors(broken / "experts.safetensors")
+    t["edited.feature"] = t["edited.feature"] + 10_000
+    save_tensors(t, broken / "experts.safetensors")
+    with pytest.raises(GuardError, match="statistics this detector does not compute"):
+        load_detector(broken, device="cpu")
+
+
 def test_routed_detector_round_trips_and_holds_the_false_positive_rate_per_edit(planted, tmp_path):
     """The edit router is saved with the detector; each held-out real, under each benign edit, is judged at its
     route's threshold, and the share flagged stays near the calibrated 1 % (never 3 %)."""
