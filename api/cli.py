@@ -357,7 +357,7 @@ def cmd_detect(a: argparse.Namespace) -> int:
         _print_rows(rows, True, [])
     else:
         flat = [{**{k: v for k, v in r.items() if k != "scores"}, **r.get("scores", {})} for r in rows]
-        cols = (["path", "synthetic", "p_synthetic", "threshold", "in_domain", "reason", "classifier"]
+        cols = (["path", "synthetic", "p_synthetic", "threshold", "edit", "in_domain", "reason", "classifier"]
                 + (["dire", "fused"] if a.zero_shot else []) + ["error"])
         _print_rows(flat, False, cols)
     return _exit_status(rows)

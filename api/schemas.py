@@ -46,6 +46,8 @@ class ScanRow(BaseModel):
     synthetic: bool | None = None
     threshold: float | None = Field(None, description="the calibrated threshold this file was judged at: the one "
                                     "for the benign edit (JPEG, blur, resize, noise, none) it is guessed to have gone through")
+    edit: str | None = Field(None, description="that guessed edit: clean, jpeg, blur, resize or noise (an edited file "
+                             "is judged by the edit expert); null for a detector without an edit router")
     in_domain: bool | None = None
     domain_reason: str | None = None
     account: str | None = Field(None, description="who made it, from the watermark payload or a Trusted manifest")

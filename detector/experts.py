@@ -3,7 +3,7 @@ edited files.
 
 The network is trained on clean and edited files together, and its decision leans on the clean cue (the
 252-254 plateau of real strokes, detector.stats), which the edits smear. Measured leave-one-family-out
-(BENCHMARKS.md, "Edit experts"), a gradient-boosted tree ensemble on the stroke statistics, trained only on
+(BENCHMARKS.md, "The edit expert"), a gradient-boosted tree ensemble on the stroke statistics, trained only on
 files under one edit, ranks an unseen family's edited files far better than the network does, and better
 than an MLP or a logistic regression on the same statistics. So the router's edit routes get such an
 ensemble, fitted on the *training* split under those edits; Platt scaling on the calibration split turns its
@@ -23,10 +23,34 @@ import torch
 
 from generator.checkpoint import load_tensors, save_tensors
 from detector.calibrate import Platt
+from detector.stats import STROKE_LEVEL
 
 EXPERTS_FILE = "experts.safetensors"
+N_EXTRA = 64 + 20  # features beyond the stroke statistics: 8x8 DCT magnitudes, radial spectrum
 TREES = 300  # boosting iterations at most (early stopping on a 10 % validation split ends most runs sooner)
 LEARNING_RATE = 0.1
+
+
+def expert_features(stats: np.ndarray, fitted: torch.Tensor) -> np.ndarray:
+    """(N, statistics + N_EXTRA): what the expert reads. The stroke statistics, then two views of the stroke
+    image (levels at or below detector.stats.STROKE_LEVEL set to 0; channels averaged):
+    - the mean magnitude of each of the 64 DCT frequencies over the 8x8 blocks of JPEG's grid (the image padded
+      to 32x32), log-scaled: what a JPEG re-save quantises, block by block;
+    - the radially averaged magnitude spectrum (20 rings), log-scaled and relative to the DC ring.
+    Measured leave-one-family-out, both add about 0.01 AUC on edited files to the statistics alone."""
+    from scipy.fft import dctn
+
+    v = ((fitted.float().mean(1) + 1) * 127.5).clamp(0, 255).numpy().astype(np.float64)
+    v = np.where(v > STROKE_LEVEL, v, 0.0)
+    n, h, w = v.shape
+    ph, pw = -h % 8, -w % 8
+    blocks = np.pad(v, ((0, 0), (0, ph), (0, pw))).reshape(n, (h + ph) // 8, 8, (w + pw) // 8, 8)
+    dct = np.abs(dctn(blocks.transpose(0, 1, 3, 2, 4), axes=(3, 4), norm="ortho")).mean((1, 2)).reshape(n, 64)
+    yy, xx = np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij")
+    ring = np.sqrt(xx ** 2 + yy ** 2).round().astype(int).clip(0, 19)
+    mag = np.abs(np.fft.fftshift(np.fft.fft2(v), axes=(1, 2))).reshape(n, -1)
+    radial = np.log1p(np.stack([mag[:, ring.ravel() == r].mean(1) for r in range(20)], 1))
+    return np.concatenate([np.asarray(stats, np.float64), np.log1p(dct), radial - radial[:, :1]], 1)
 
 
 @dataclass(frozen=True)
@@ -103,8 +127,8 @@ class TreeEnsemble:
 
 @dataclass(frozen=True)
 class EditExpert:
-    """One tree ensemble on the stroke statistics, trained on files under every benign edit it covers, with
-    its Platt scaling; `p(stats, routes)` is its probability for the images routed to one of `edits` (NaN
+    """One tree ensemble on `expert_features`, trained on files under every benign edit it covers, with
+    its Platt scaling; `p(features, routes)` is its probability for the images routed to one of `edits` (NaN
     elsewhere: the network decides). One judge for all edits, not one per edit: measured leave-one-family-out
     they rank the same (within 0.02 AUC either way), and a file the router sends to the wrong edit route
     (blur and resize, JPEG and noise look alike) still meets the same judge."""
@@ -115,8 +139,8 @@ class EditExpert:
     @classmethod
     def fit(cls, train: dict[str, tuple[np.ndarray, np.ndarray]], calibration: dict[str, tuple[np.ndarray, np.ndarray]],
             seed: int = 0) -> "EditExpert":
-        """train / calibration: {edit: (statistics of reals, of fakes)} under that edit, from the training and the
-        calibration split; the trees learn on the first, Platt on the second."""
+        """train / calibration: {edit: (expert_features of reals, of fakes)} under that edit, from the training and
+        the calibration split; the trees learn on the first, Platt on the second."""
         def stack(parts):
             x = np.concatenate([np.concatenate(parts[k]) for k in parts])
             y = np.concatenate([np.r_[np.zeros(len(parts[k][0])), np.ones(len(parts[k][1]))] for k in parts])
@@ -126,15 +150,15 @@ class EditExpert:
         xc, yc = stack(calibration)
         return cls(trees, Platt.fit(trees.logit(xc), yc), tuple(train))
 
-    def prob(self, stats: np.ndarray) -> np.ndarray:
-        """(N,) the expert's probability for every image, whatever its route."""
-        return self.platt(self.trees.logit(stats))
+    def prob(self, features: np.ndarray) -> np.ndarray:
+        """(N,) the expert's probability for every image (its `expert_features`), whatever its route."""
+        return self.platt(self.trees.logit(features))
 
-    def p(self, stats: np.ndarray, routes: list[str] | np.ndarray) -> np.ndarray:
+    def p(self, features: np.ndarray, routes: list[str] | np.ndarray) -> np.ndarray:
         sel = np.isin(np.asarray(routes), self.edits)
         out = np.full(len(sel), np.nan)
         if sel.any():
-            out[sel] = self.prob(np.asarray(stats)[sel])
+            out[sel] = self.prob(np.asarray(features)[sel])
         return out
 
     def to_config(self) -> dict:
@@ -148,13 +172,13 @@ class EditExpert:
     @classmethod
     def load(cls, folder: str | Path, config: dict, n_stats: int) -> "EditExpert":
         """The expert config.json describes (calibration.expert), its trees from experts.safetensors; ValueError
-        when the file lacks them or a tree reads a statistic that does not exist."""
+        when the file lacks them or a tree reads a feature that does not exist (n_stats statistics + N_EXTRA)."""
         tensors, _ = load_tensors(Path(folder) / EXPERTS_FILE)
         try:
             trees = TreeEnsemble.from_tensors(tensors, "edited")
         except KeyError:
             raise ValueError(f"{EXPERTS_FILE} holds no trees") from None
         inner = trees.feature[~trees.leaf]
-        if (inner >= n_stats).any() or (inner < 0).any():
-            raise ValueError("the edit expert reads statistics this detector does not compute")
+        if (inner >= n_stats + N_EXTRA).any() or (inner < 0).any():
+            raise ValueError("the edit expert reads features this detector does not compute")
         return cls(trees, Platt(float(config["platt"]["a"]), float(config["platt"]["b"])), tuple(config["edits"]))

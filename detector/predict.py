@@ -17,7 +17,7 @@ from generator.errors import GuardError
 from generator.image_io import decode_image, expand_paths, fit_to, read_bytes, to_tensor
 from detector.calibrate import EditRouter, Fusion, Platt
 from detector.domain import DomainRules, DomainScore, verdict
-from detector.experts import EditExpert
+from detector.experts import EditExpert, expert_features
 from detector.model import DetectorConfig, DetectorNet
 from detector.stats import N_STATS
 
@@ -96,28 +96,31 @@ class Detector:
             self._generator = (model, schedule)
         return self._generator
 
-    def decide(self, logit: np.ndarray, stats: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(p_synthetic, the threshold it is judged at) per image, from the network's logits and the stroke
-        statistics: with a router, each image goes to the route of the edit it seems to have gone through, where
+    def decide(self, logit: np.ndarray, stats: np.ndarray | None,
+               fitted: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(p_synthetic, the threshold it is judged at, the benign edit it seems to have gone through) per image, from the network's logits and the stroke
+        statistics (and the fitted images, which the edit expert also reads): with a router, each image goes to the route of the edit it seems to have gone through, where
         the edit expert gives the probability if it covers that edit, and the route's threshold decides; otherwise the
-        network's calibrated probability and the single threshold."""
+        network's calibrated probability, the single threshold and no edit (None)."""
         p = self.platt(logit)
         if self.router is None or not len(p):
-            return p, np.full(len(p), self.threshold)
+            return p, np.full(len(p), self.threshold), np.full(len(p), None, dtype=object)
         route = self.router.route(stats)
+        edit = np.asarray(self.router.edits, dtype=object)[route]
         if self.expert is not None:
-            expert = self.expert.p(stats, np.asarray(self.router.edits)[route])
+            expert = self.expert.p(expert_features(stats, fitted), edit)
             p = np.where(np.isnan(expert), p, expert)
-        return p, np.asarray(self.router.thresholds)[route]
+        return p, np.asarray(self.router.thresholds)[route], edit
 
     def score(self, images: torch.Tensor, zero_shot: bool = False) -> dict[str, np.ndarray]:
-        """{"p_synthetic", "synthetic", "threshold", "classifier", "classifier_logit"[, "domain_score"][, "dire", "fused"]}
-        for (B, C, H, W); "threshold" is the one each image was judged at (the router's, or the single one), and
-        p_synthetic the probability of its judge (`decide`); "classifier" is the network's alone."""
+        """{"p_synthetic", "synthetic", "threshold", "edit", "classifier", "classifier_logit"[, "domain_score"][, "dire",
+        "fused"]} for (B, C, H, W); "threshold" is the one each image was judged at (the router's, or the single one),
+        "edit" the router's guess (None without one), and p_synthetic the probability of its judge (`decide`);
+        "classifier" is the network's alone."""
         logit, feats, fitted, stats = self.forward(images)
-        p, thr = self.decide(logit, stats)
+        p, thr, edit = self.decide(logit, stats, fitted)
         out = {"classifier_logit": logit, "classifier": self.platt(logit), "p_synthetic": p, "synthetic": p > thr,
-               "threshold": thr}
+               "threshold": thr, "edit": edit}
         if self.domain_score is not None:
             out["domain_score"] = self.domain_score(fitted, feats, stats) if len(fitted) else np.zeros(0)
         if zero_shot:
@@ -129,7 +132,7 @@ class Detector:
             dire = dire_scores(model, schedule, images)
             fused = self.fusion({"classifier_logit": logit, "dire": dire})
             out.update(dire=dire, fused=fused, p_synthetic=fused, synthetic=fused > self.fusion_threshold,
-                       threshold=np.full(len(fused), self.fusion_threshold))
+                       threshold=np.full(len(fused), self.fusion_threshold), edit=np.full(len(fused), None, dtype=object))
         return out
 
     def save(self, folder: str | Path, extra: dict | None = None) -> None:
@@ -179,7 +182,7 @@ def load_detector(folder: str | Path | None = None, device: str | torch.device |
 
 def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = False, batch_size: int = 256,
                  progress: bool = False) -> list[dict]:
-    """One row per image: {path, p_synthetic, synthetic, threshold, in_domain, reason, scores} or {path, error} for a file
+    """One row per image: {path, p_synthetic, synthetic, threshold, edit, in_domain, reason, scores} or {path, error} for a file
     that cannot be read. `in_domain` false means the detector does not know this kind of image (see
     detector.domain): `synthetic` is then None, not a verdict.
     Files are decoded one by one (each through the safe decoder) and scored in batches."""
@@ -199,7 +202,7 @@ def detect_files(paths: list[str], detector: Detector, *, zero_shot: bool = Fals
             ok, reason = verdict(*rules, float(s["domain_score"][j]) if "domain_score" in s else None)
             # out of domain: the score is reported, but no verdict is given on an image the detector does not know
             rows[i].update(p_synthetic=float(s["p_synthetic"][j]), synthetic=bool(s["synthetic"][j]) if ok else None,
-                           threshold=float(s["threshold"][j]), in_domain=ok, reason=reason,
+                           threshold=float(s["threshold"][j]), edit=s["edit"][j], in_domain=ok, reason=reason,
                            scores={k: float(s[k][j]) for k in score_keys})
         pending.clear()
 

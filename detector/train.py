@@ -32,7 +32,7 @@ from generator.checkpoint import default_device
 from detector.calibrate import EditRouter, Fusion, Platt, threshold_at_fpr
 from detector.data import CALIBRATION_PERTURBATIONS, augment, perturb_for_calibration
 from detector.domain import DomainScore
-from detector.experts import EditExpert
+from detector.experts import EditExpert, expert_features
 from detector.model import DetectorConfig, DetectorNet
 from detector.predict import Detector
 from detector.sources import Family, family_fakes, real_images, split_sources
@@ -89,8 +89,8 @@ def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_
               expert_train: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, log=None) -> Detector:
     """Platt scaling on calibration reals and fakes under every perturbation; the single threshold is the largest
     per-perturbation 1%-FPR threshold of the reals; with `route`, the edit router (EditRouter) and its per-route
-    thresholds on the same images; with `expert_train` ({edit: statistics of training reals, of training fakes}
-    under that edit, `expert_statistics`) the edit expert (detector.experts), fitted on those and Platt-scaled
+    thresholds on the same images; with `expert_train` ({edit: expert features of training reals, of training
+    fakes} under that edit, `expert_training_set`) the edit expert (detector.experts), fitted on those and Platt-scaled
     here, whose probabilities the edit routes' thresholds are then set on; the DIRE fusion (clean images) if asked."""
     det = Detector(net, Platt(1.0, 0.0), 0.5)
     g = torch.Generator().manual_seed(seed)
@@ -109,13 +109,15 @@ def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_
         if expert_train:
             if log:
                 log("edit expert for: " + ", ".join(k for k in edits if k in expert_train))
+            feats_r = {k: expert_features(parts_r[k][3], parts_r[k][2]) for k in edits}
+            feats_f = {k: expert_features(parts_f[k][3], parts_f[k][2]) for k in edits}
             expert = EditExpert.fit({k: v for k, v in expert_train.items() if k in edits},
-                                    {k: (parts_r[k][3], parts_f[k][3]) for k in expert_train if k in edits}, seed)
+                                    {k: (feats_r[k], feats_f[k]) for k in expert_train if k in edits}, seed)
 
-            def per_route(parts, p):  # column i: what route i would give each image (the expert, or the network)
+            def per_route(feats, p):  # column i: what route i would give each image (the expert, or the network)
                 return {k: np.stack([pe if e in expert.edits else p[k] for e in edits], 1)
-                        for k in edits for pe in [expert.prob(parts[k][3])]}
-            p_real, p_fake = per_route(parts_r, p_real), per_route(parts_f, p_fake)
+                        for k in edits for pe in [expert.prob(feats[k])]}
+            p_real, p_fake = per_route(feats_r, p_real), per_route(feats_f, p_fake)
         router = EditRouter.fit({k: (parts_r[k][3], parts_f[k][3]) for k in edits}, p_real, threshold, TARGET_FPR,
                                 p_fake)
     fusion = fusion_threshold = None
@@ -134,7 +136,7 @@ def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_
     out = Detector(net, platt, threshold, fusion, fusion_threshold, router=router, expert=expert)
 
     def judged(parts) -> float:  # the share called synthetic, each image at its own threshold
-        p, thr = out.decide(parts[0], parts[3])
+        p, thr, _ = out.decide(parts[0], parts[3], parts[2])
         return float((p > thr).mean())
 
     out.meta["calibration_fpr"] = {k: judged(v) for k, v in parts_r.items()}
@@ -145,16 +147,19 @@ def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_
 EXPERT_EDITS = ("jpeg", "blur", "resize", "noise")  # the routes that get an edit expert; clean stays with the network
 
 
-def expert_statistics(det: Detector, real: torch.Tensor, fake: torch.Tensor, seed: int = 0,
-                      edits: tuple[str, ...] = EXPERT_EDITS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{edit: (stroke statistics of the training reals, of the training fakes)} under that benign edit, drawn as
-    for calibration (two draws of each real, one of each fake): what the edit expert trains on."""
+def expert_training_set(det: Detector, real: torch.Tensor, fake: torch.Tensor, seed: int = 0,
+                        edits: tuple[str, ...] = EXPERT_EDITS, draws: int = 2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{edit: (expert features of the training reals, of the training fakes)} under that benign edit, drawn as for
+    calibration: 2 * draws of each real, `draws` of each fake (measured: 2 gives about 0.01 AUC over 1). What the
+    edit expert trains on."""
     g = torch.Generator().manual_seed(seed + 2)
-    out = {}
-    for k in edits:
-        r = torch.cat([perturb_for_calibration(real, k, g) for _ in range(2)])
-        out[k] = (det.forward(r, with_stats=True)[3], det.forward(perturb_for_calibration(fake, k, g), with_stats=True)[3])
-    return out
+
+    def features(x):
+        _, _, fitted, stats = det.forward(x, with_stats=True)
+        return expert_features(stats, fitted)
+
+    return {k: (np.concatenate([features(perturb_for_calibration(real, k, g)) for _ in range(2 * draws)]),
+                np.concatenate([features(perturb_for_calibration(fake, k, g)) for _ in range(draws)])) for k in edits}
 
 
 def recalibrate(det: Detector, *, families: list[Family], reals: list[str] | None = None, seed: int = 0,
@@ -165,7 +170,7 @@ def recalibrate(det: Detector, *, families: list[Family], reals: list[str] | Non
     splits. The network, the zero-shot fusion and the training record are kept."""
     real_tr, real_cal, fam_tr, fam_cal, _ = gather(det.config, families, reals, seed, cache, log)
     fake_cal, fake_tr = torch.cat(list(fam_cal.values())), torch.cat(list(fam_tr.values()))
-    expert_train = expert_statistics(det, real_tr, fake_tr, seed) if experts and route and det.config.stats else None
+    expert_train = expert_training_set(det, real_tr, fake_tr, seed) if experts and route and det.config.stats else None
     cal = calibrate(det.net, real_cal, fake_cal, route=route, seed=seed, expert_train=expert_train, log=log)
     new = Detector(det.net, cal.platt, cal.threshold, det.fusion, det.fusion_threshold, {**det.meta, **cal.meta},
                    None, cal.router, cal.expert)
@@ -244,7 +249,7 @@ def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, families: list[Famil
 
         generator = load_model(None)[:2]
     fake_cal, fake_tr = torch.cat(list(fam_cal.values())), torch.cat(list(fam_tr.values()))
-    expert_train = (expert_statistics(Detector(net, Platt(1.0, 0.0), 0.5), real_tr, fake_tr, seed)
+    expert_train = (expert_training_set(Detector(net, Platt(1.0, 0.0), 0.5), real_tr, fake_tr, seed)
                     if experts and cfg.stats else None)
     det = calibrate(net, real_cal, fake_cal, zero_shot=zero_shot, generator=generator, seed=seed,
                     expert_train=expert_train, log=log)

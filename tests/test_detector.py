@@ -158,7 +158,7 @@ def test_detect_separates_planted_fakes_and_survives_bad_files(planted_detector,
     assert {e["path"].rsplit("/", 1)[1] for e in errors} == {"corrupt.png", "missing.png"}
     ok = [row for row in rows if "error" not in row]
     for row in ok:  # the JSON schema
-        assert set(row) == {"path", "p_synthetic", "synthetic", "threshold", "in_domain", "reason", "scores"}
+        assert set(row) == {"path", "p_synthetic", "synthetic", "threshold", "edit", "in_domain", "reason", "scores"}
         assert 0 <= row["p_synthetic"] <= 1 and isinstance(row["synthetic"], bool)
         assert set(row["scores"]) == {"classifier", "classifier_logit"}
     real_flags = [row["synthetic"] for row in ok if "/real/" in row["path"]]

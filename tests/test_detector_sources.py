@@ -190,15 +190,16 @@ def test_router_thresholds_hold_every_edit_when_files_are_misrouted():
 def test_edit_expert_judges_edited_files_and_round_trips(planted, tmp_path):
     """With the edit expert, files routed to an edit are judged by it (clean ones by the network), the detector
     saves and loads it exactly, held-out reals under every edit stay near the calibrated rate, and a detector
-    whose expert file is missing or reads statistics that do not exist is refused at load."""
+    whose expert file is missing or reads features that do not exist is refused at load."""
     import shutil
 
     from detector.predict import Detector, load_detector
-    from detector.train import expert_statistics
+    from detector.experts import expert_features
+    from detector.train import expert_training_set
 
     net, real_tr, fake_tr, cal_real, cal_fake = planted
-    train = expert_statistics(Detector(net, calibrate(net, cal_real, cal_fake, route=False).platt, 0.5),
-                              real_tr, fake_tr, seed=0, edits=("jpeg", "blur"))
+    train = expert_training_set(Detector(net, calibrate(net, cal_real, cal_fake, route=False).platt, 0.5),
+                                real_tr, fake_tr, seed=0, edits=("jpeg", "blur"), draws=1)
     det = calibrate(net, cal_real, cal_fake, seed=0, expert_train=train)
     assert det.expert is not None and det.expert.edits == ("jpeg", "blur")
     det.save(tmp_path / "det")
@@ -209,10 +210,10 @@ def test_edit_expert_judges_edited_files_and_round_trips(planted, tmp_path):
         x = perturb_for_calibration(held, edit, g)
         s, s0 = again.score(x), det.score(x)
         assert np.array_equal(s["p_synthetic"], s0["p_synthetic"])
-        _, _, _, st = again.forward(x, with_stats=True)
+        _, _, fitted, st = again.forward(x, with_stats=True)
         routed = np.asarray(det.router.edits)[det.router.route(st)]
         by_expert = np.isin(routed, det.expert.edits)
-        assert np.allclose(s["p_synthetic"][by_expert], det.expert.prob(st[by_expert]))
+        assert np.allclose(s["p_synthetic"][by_expert], det.expert.prob(expert_features(st, fitted)[by_expert]))
         assert np.allclose(s["p_synthetic"][~by_expert], s["classifier"][~by_expert])
         assert s["synthetic"].mean() <= 0.03, edit
     broken = tmp_path / "broken"
@@ -226,7 +227,7 @@ def test_edit_expert_judges_edited_files_and_round_trips(planted, tmp_path):
     t, _ = load_tensors(broken / "experts.safetensors")
     t["edited.feature"] = t["edited.feature"] + 10_000
     save_tensors(t, broken / "experts.safetensors")
-    with pytest.raises(GuardError, match="statistics this detector does not compute"):
+    with pytest.raises(GuardError, match="features this detector does not compute"):
         load_detector(broken, device="cpu")
 
 

@@ -180,6 +180,30 @@ def test_a_lone_unreadable_file_is_a_422_with_its_reason(svc, name, data, reason
     assert r.status_code == 422 and reason in r.json()["detail"]
 
 
+def test_scan_rows_name_the_edit_they_were_judged_for(svc):
+    """A classifier verdict names the benign edit the router guessed and the threshold it was judged at; the
+    service's tiny detector has no router, so its rows say edit null and name none. Rows of the bundled
+    detector carry one of its router's edits."""
+    from api.scan import _EDIT_WORDS, decide
+    from detector.data import perturb_for_calibration, real_split
+    from detector.predict import load_detector
+
+    client, headers, _ = svc
+    rows = _scan(client, headers, [("d.png", _enc(_digit(0)))]).json()["results"]
+    assert rows[0]["edit"] is None and "edit expert" not in rows[0]["explanation"]
+    clean = {"c2pa": {"status": None, "digital_source_type": None, "present": False}, "iptc_digital_source_type": None}
+    for synthetic in (False, True):
+        row = {"watermark": {"detected": False}, "metadata": clean, "in_domain": True, "synthetic": synthetic,
+               "p_synthetic": 0.9 if synthetic else 0.3, "threshold": 0.864, "edit": "jpeg"}
+        verdict, text, _ = decide(row, None)
+        assert verdict == ("synthetic" if synthetic else "likely-real")
+        assert f"0.86 for {_EDIT_WORDS['jpeg']}" in text
+    det = load_detector(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    edits = det.score(perturb_for_calibration(real_split("heldout")[:64], "jpeg", g))["edit"]
+    assert set(edits) <= set(det.router.edits) and (edits == "jpeg").mean() > 0.5
+
+
 def test_odd_but_valid_images_are_scored(svc):
     client, headers, _ = svc
     cmyk = _enc(Image.new("CMYK", (28, 28), (0, 0, 0, 255)), "JPEG")

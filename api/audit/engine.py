@@ -16,7 +16,7 @@ import torch
 
 from api.scan import Scanner, scan_items
 
-COLUMNS = ("path", "verdict", "p_synthetic", "threshold", "in_domain", "watermark_detected", "watermark_p", "c2pa_status",
+COLUMNS = ("path", "verdict", "p_synthetic", "threshold", "edit", "in_domain", "watermark_detected", "watermark_p", "c2pa_status",
            "digital_source_type", "account", "sha256", "bytes", "format", "width", "height", "phash",
            "memorization_ratio", "explanation", "error")
 ROUND = 6
@@ -46,7 +46,7 @@ def flatten(row: dict, nbytes: int | None) -> dict:
     c2pa = meta.get("c2pa") or {}
     img = row.get("image") or {}
     return {"path": row["path"], "verdict": row["verdict"], "p_synthetic": _r(row.get("p_synthetic")),
-            "threshold": _r(row.get("threshold")), "in_domain": row.get("in_domain"), "watermark_detected": wm.get("detected") if wm.get("checked") else None,
+            "threshold": _r(row.get("threshold")), "edit": row.get("edit"), "in_domain": row.get("in_domain"), "watermark_detected": wm.get("detected") if wm.get("checked") else None,
             "watermark_p": _r(wm.get("p_value")), "c2pa_status": c2pa.get("status"),
             "digital_source_type": c2pa.get("digital_source_type") or meta.get("iptc_digital_source_type"),
             "account": row.get("account"), "sha256": row.get("sha256"), "bytes": nbytes, "format": img.get("format"),
