@@ -39,7 +39,7 @@ def _same(op):
     return op, op
 
 
-# name -> (edit of the reals, edit of the fakes), each (images, generator) -> images; alike except "tidy"
+# name -> (edit of the reals, edit of the fakes), each (images, generator) -> images; alike except the "tidy" ones
 PERTURBATIONS = {
     "clean": _same(lambda x, g: x),
     "tidy": (lambda x, g: quantize(background_noise(x, g, BACKGROUND_AMPLITUDE)), lambda x, g: tidy(x, TIDY_LEVEL)),
@@ -49,6 +49,11 @@ PERTURBATIONS = {
     "blur1": _same(lambda x, g: gaussian_blur(x, 1.0)),
     "resize0.5": _same(lambda x, g: resize_and_back(x, 0.5)),
     "noise0.05": _same(lambda x, g: gaussian_noise(x, g, 0.05)),
+    # the shortcut test again, before an edit: evidence a forger can remove by tidying first must not carry an edit
+    "tidy+jpeg75": (lambda x, g: jpeg(quantize(background_noise(x, g, BACKGROUND_AMPLITUDE)), 75),
+                    lambda x, g: jpeg(tidy(x, TIDY_LEVEL), 75)),
+    "tidy+blur1": (lambda x, g: gaussian_blur(quantize(background_noise(x, g, BACKGROUND_AMPLITUDE)), 1.0),
+                   lambda x, g: gaussian_blur(tidy(x, TIDY_LEVEL), 1.0)),
 }
 
 
