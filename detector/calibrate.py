@@ -97,14 +97,16 @@ class EditRouter:
             coef[rows], icpt[rows] = lr.coef_, lr.intercept_
         router = cls(edits, tuple(mu.tolist()), tuple(sd.tolist()), tuple(map(tuple, coef.tolist())), tuple(icpt.tolist()),
                      (single,) * len(edits))
-        pr = np.concatenate([np.broadcast_to(np.asarray(p_real[k]).reshape(len(p_real[k]), -1),
-                                             (len(p_real[k]), len(edits))) for k in edits])
+        def per_route(p):  # (N, edits): one column per route, a 1-D probability repeated in each
+            return np.concatenate([np.broadcast_to(np.asarray(p[k]).reshape(len(p[k]), -1), (len(p[k]), len(edits)))
+                                   for k in edits])
+
+        pr = per_route(p_real)
         route = router.route(np.concatenate([stats[k][0] for k in edits]))
         thr = [max(threshold_at_fpr(pr[route == i, i], fpr), 0.5) if (route == i).sum() >= cls.MIN_REALS else single
                for i in range(len(edits))]
         if p_fake is not None:
-            pf = np.concatenate([np.broadcast_to(np.asarray(p_fake[k]).reshape(len(p_fake[k]), -1),
-                                                 (len(p_fake[k]), len(edits))) for k in edits])
+            pf = per_route(p_fake)
             route_f = router.route(np.concatenate([stats[k][1] for k in edits]))
             edit_r = np.concatenate([np.full(len(p_real[k]), i) for i, k in enumerate(edits)])
             rows_r, rows_f = np.arange(len(pr)), np.arange(len(pf))

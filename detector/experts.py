@@ -118,18 +118,26 @@ class TreeEnsemble:
             raise ValueError(f"the edit expert {prefix!r} has arrays of different shapes")
         n = a["left"].shape[1]
         inner = ~a["leaf"].astype(bool)
-        if (a["left"][inner] >= n).any() or (a["right"][inner] >= n).any() or (a["left"][inner] < 0).any():
+        children = np.concatenate([a["left"][inner], a["right"][inner]])
+        if (children >= n).any() or (children < 0).any():
             raise ValueError(f"the edit expert {prefix!r} points outside its trees")
         return cls(a["feature"].astype(np.int64), a["threshold"].astype(np.float64), a["left"].astype(np.int64),
                    a["right"].astype(np.int64), a["leaf"].astype(bool), a["value"].astype(np.float64), baseline,
                    int(depth))
 
 
+def labelled(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """{edit: (features of reals, of fakes)} -> (all features stacked, labels: 0 real, 1 fake)."""
+    x = np.concatenate([np.concatenate(parts[k]) for k in parts])
+    y = np.concatenate([np.r_[np.zeros(len(parts[k][0])), np.ones(len(parts[k][1]))] for k in parts])
+    return x, y
+
+
 @dataclass(frozen=True)
 class EditExpert:
     """One tree ensemble on `expert_features`, trained on files under every benign edit it covers, with
-    its Platt scaling; `p(features, routes)` is its probability for the images routed to one of `edits` (NaN
-    elsewhere: the network decides). One judge for all edits, not one per edit: measured leave-one-family-out
+    its Platt scaling; `prob` is its probability, used for the images routed to one of `edits` (the network
+    judges the others: Detector.decide). One judge for all edits, not one per edit: measured leave-one-family-out
     they rank the same (within 0.02 AUC either way), and a file the router sends to the wrong edit route
     (blur and resize, JPEG and noise look alike) still meets the same judge."""
     trees: TreeEnsemble
@@ -141,25 +149,13 @@ class EditExpert:
             seed: int = 0) -> "EditExpert":
         """train / calibration: {edit: (expert_features of reals, of fakes)} under that edit, from the training and
         the calibration split; the trees learn on the first, Platt on the second."""
-        def stack(parts):
-            x = np.concatenate([np.concatenate(parts[k]) for k in parts])
-            y = np.concatenate([np.r_[np.zeros(len(parts[k][0])), np.ones(len(parts[k][1]))] for k in parts])
-            return x, y
-
-        trees = TreeEnsemble.fit(*stack(train), seed)
-        xc, yc = stack(calibration)
+        trees = TreeEnsemble.fit(*labelled(train), seed)
+        xc, yc = labelled(calibration)
         return cls(trees, Platt.fit(trees.logit(xc), yc), tuple(train))
 
     def prob(self, features: np.ndarray) -> np.ndarray:
         """(N,) the expert's probability for every image (its `expert_features`), whatever its route."""
         return self.platt(self.trees.logit(features))
-
-    def p(self, features: np.ndarray, routes: list[str] | np.ndarray) -> np.ndarray:
-        sel = np.isin(np.asarray(routes), self.edits)
-        out = np.full(len(sel), np.nan)
-        if sel.any():
-            out[sel] = self.prob(np.asarray(features)[sel])
-        return out
 
     def to_config(self) -> dict:
         """What config.json records (the trees live in experts.safetensors)."""

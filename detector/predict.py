@@ -98,18 +98,21 @@ class Detector:
 
     def decide(self, logit: np.ndarray, stats: np.ndarray | None,
                fitted: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(p_synthetic, the threshold it is judged at, the benign edit it seems to have gone through) per image, from the network's logits and the stroke
-        statistics (and the fitted images, which the edit expert also reads): with a router, each image goes to the route of the edit it seems to have gone through, where
-        the edit expert gives the probability if it covers that edit, and the route's threshold decides; otherwise the
-        network's calibrated probability, the single threshold and no edit (None)."""
+        """(p_synthetic, the threshold it is judged at, the benign edit it seems to have gone through) per image, from
+        the network's logits and the stroke statistics (and the fitted images, which the edit expert also reads):
+        with a router, each image goes to the route of its guessed edit, where the edit expert gives the probability
+        if it covers that edit, and the route's threshold decides; otherwise the network's calibrated probability,
+        the single threshold and no edit (None)."""
         p = self.platt(logit)
         if self.router is None or not len(p):
             return p, np.full(len(p), self.threshold), np.full(len(p), None, dtype=object)
         route = self.router.route(stats)
         edit = np.asarray(self.router.edits, dtype=object)[route]
-        if self.expert is not None:
-            expert = self.expert.p(expert_features(stats, fitted), edit)
-            p = np.where(np.isnan(expert), p, expert)
+        if self.expert is not None:  # features and trees only for the images routed to an edit the expert covers
+            sel = np.isin(edit, self.expert.edits)
+            if sel.any():
+                p = p.copy()
+                p[sel] = self.expert.prob(expert_features(stats[sel], fitted[torch.from_numpy(sel)]))
         return p, np.asarray(self.router.thresholds)[route], edit
 
     def score(self, images: torch.Tensor, zero_shot: bool = False) -> dict[str, np.ndarray]:

@@ -169,13 +169,25 @@ def recalibrate(det: Detector, *, families: list[Family], reals: list[str] | Non
     the same order give the same Platt and single threshold), and the out-of-domain score refitted on the same
     splits. The network, the zero-shot fusion and the training record are kept."""
     real_tr, real_cal, fam_tr, fam_cal, _ = gather(det.config, families, reals, seed, cache, log)
-    fake_cal, fake_tr = torch.cat(list(fam_cal.values())), torch.cat(list(fam_tr.values()))
-    expert_train = expert_training_set(det, real_tr, fake_tr, seed) if experts and route and det.config.stats else None
-    cal = calibrate(det.net, real_cal, fake_cal, route=route, seed=seed, expert_train=expert_train, log=log)
-    new = Detector(det.net, cal.platt, cal.threshold, det.fusion, det.fusion_threshold, {**det.meta, **cal.meta},
-                   None, cal.router, cal.expert)
-    new.domain_score = fit_domain(new, real_tr, fake_tr, real_cal, fake_cal, seed)
-    return new
+    cal = fit_calibration(det.net, real_tr, torch.cat(list(fam_tr.values())), real_cal, torch.cat(list(fam_cal.values())),
+                          seed=seed, route=route, experts=experts, log=log)
+    return Detector(det.net, cal.platt, cal.threshold, det.fusion, det.fusion_threshold, {**det.meta, **cal.meta},
+                    cal.domain_score, cal.router, cal.expert)
+
+
+def fit_calibration(net: DetectorNet, real_tr: torch.Tensor, fake_tr: torch.Tensor, real_cal: torch.Tensor,
+                    fake_cal: torch.Tensor, *, seed: int = 0, route: bool = True, experts: bool = True,
+                    zero_shot: bool = False, generator=None, log=None) -> Detector:
+    """Everything fitted after the network, for `detector train` and `detector calibrate` alike: the edit expert on
+    the training split (a network with the statistics branch, routed), then `calibrate` on the calibration split,
+    then the out-of-domain score (fit_domain)."""
+    expert_train = None
+    if experts and route and net.config.stats:
+        expert_train = expert_training_set(Detector(net, Platt(1.0, 0.0), 0.5), real_tr, fake_tr, seed)
+    det = calibrate(net, real_cal, fake_cal, zero_shot=zero_shot, generator=generator, route=route, seed=seed,
+                    expert_train=expert_train, log=log)
+    det.domain_score = fit_domain(det, real_tr, fake_tr, real_cal, fake_cal, seed)
+    return det
 
 
 def fit_domain(det: Detector, real_tr: torch.Tensor, fake_tr: torch.Tensor, real_cal: torch.Tensor,
@@ -248,12 +260,8 @@ def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, families: list[Famil
         from generator.checkpoint import load_model
 
         generator = load_model(None)[:2]
-    fake_cal, fake_tr = torch.cat(list(fam_cal.values())), torch.cat(list(fam_tr.values()))
-    expert_train = (expert_training_set(Detector(net, Platt(1.0, 0.0), 0.5), real_tr, fake_tr, seed)
-                    if experts and cfg.stats else None)
-    det = calibrate(net, real_cal, fake_cal, zero_shot=zero_shot, generator=generator, seed=seed,
-                    expert_train=expert_train, log=log)
-    det.domain_score = fit_domain(det, real_tr, fake_tr, real_cal, fake_cal, seed)
+    det = fit_calibration(net, real_tr, torch.cat(list(fam_tr.values())), real_cal, torch.cat(list(fam_cal.values())),
+                          seed=seed, experts=experts, zero_shot=zero_shot, generator=generator, log=log)
     cmd = " ".join(["ddpm-guard detector train", f"--input {cfg.input}", f"--background-floor {cfg.background_floor}"]
                    + ([] if cfg.stats else ["--no-stats"]) + ([] if experts else ["--no-experts"]) + [
                     f"--epochs {epochs}", f"--augment-p {aug_p}", f"--seed {seed}"]

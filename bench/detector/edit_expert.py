@@ -28,7 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from detector.evaluate import PERTURBATIONS
-from detector.experts import TreeEnsemble, expert_features
+from detector.experts import TreeEnsemble, expert_features, labelled
 from detector.predict import load_detector
 from detector.sources import parse_generator
 from detector.stats import N_STATS
@@ -43,12 +43,6 @@ def auc(real: np.ndarray, fake: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.zeros(len(real)), np.ones(len(fake))], np.r_[real, fake]))
 
 
-def stack(parts: dict) -> tuple[np.ndarray, np.ndarray]:
-    x = np.concatenate([np.concatenate(parts[k]) for k in parts])
-    y = np.concatenate([np.r_[np.zeros(len(parts[k][0])), np.ones(len(parts[k][1]))] for k in parts])
-    return x, y
-
-
 def main() -> None:
     det = load_detector(None, device="cpu")
     real_tr, real_cal, fam_tr, fam_cal, _ = gather(det.config, [parse_generator(s) for s in FAMILIES], None, 0,
@@ -58,7 +52,7 @@ def main() -> None:
     for held in fam_tr:
         others = torch.cat([v for k, v in fam_tr.items() if k != held])
         train = expert_training_set(det, real_tr, others, seed=0, draws=1)
-        x, y = stack(train)  # the statistics are the first n_stats columns of the expert's features
+        x, y = labelled(train)  # the statistics are the first n_stats columns of the expert's features
         stats_only = {"gbt pooled": TreeEnsemble.fit(x[:, :n_stats], y).logit}
         for name, model in (("mlp pooled", MLPClassifier((128, 64), alpha=1e-3, max_iter=200, early_stopping=True,
                                                          random_state=0)),
@@ -67,9 +61,9 @@ def main() -> None:
             stats_only[name] = lambda s, m=fitted: m.predict_proba(s)[:, 1]
         own = {}
         for e in EXPERT_EDITS:
-            xe, ye = stack({e: train[e]})
+            xe, ye = labelled({e: train[e]})
             own[e] = TreeEnsemble.fit(xe[:, :n_stats], ye).logit
-        shipped = TreeEnsemble.fit(*stack(expert_training_set(det, real_tr, others, seed=0, draws=2))).logit
+        shipped = TreeEnsemble.fit(*labelled(expert_training_set(det, real_tr, others, seed=0, draws=2))).logit
         rows = {}
         for edit, tests in TESTS.items():
             for t in tests:
