@@ -172,7 +172,8 @@ def load_detector(folder: str | Path | None = None, device: str | torch.device |
             fusion_threshold = float(f.pop("threshold"))
             fusion = Fusion.from_dict(f)
     except (KeyError, TypeError, ValueError) as e:
-        raise GuardError(f"{folder}/config.json: not a valid detector config ({e})") from None
+        why = f"missing field {e}" if isinstance(e, KeyError) else str(e)  # a KeyError's str is only the key
+        raise GuardError(f"{folder}/config.json: not a valid detector config ({why})") from None
     tensors, _ = load_tensors(folder / "model.safetensors")
     try:
         net.load_state_dict(tensors)

@@ -383,3 +383,7 @@ def test_a_router_that_does_not_fit_the_statistics_is_refused_at_load(tmp_path):
     (tmp_path / "det" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(GuardError, match="edit router's sizes"):
         load_detector(tmp_path / "det", device="cpu")
+    del cfg["calibration"]["platt"]  # a missing field is named as one, not as a bare key
+    (tmp_path / "det" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(GuardError, match="not a valid detector config \\(missing field 'platt'\\)"):
+        load_detector(tmp_path / "det", device="cpu")
