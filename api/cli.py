@@ -398,6 +398,18 @@ def _calibration_summary(det, out: str) -> dict:
             "calibration_fpr": det.meta.get("calibration_fpr"), "calibration_tpr": det.meta.get("calibration_tpr")}
 
 
+def _fake_cache_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fake-cache", type=Path, default=None, metavar="DIR",
+                   help="where generated fakes are kept between runs (default runs/detector/fakes under the working "
+                        "folder: run from elsewhere, the fakes are made again)")
+
+
+def _fake_cache(a: argparse.Namespace) -> Path:
+    from detector.train import FAKE_CACHE
+
+    return a.fake_cache or FAKE_CACHE
+
+
 def cmd_detector_train(a: argparse.Namespace) -> int:
     from detector.model import DetectorConfig
     from detector.train import fit_detector
@@ -407,7 +419,7 @@ def cmd_detector_train(a: argparse.Namespace) -> int:
     cfg = DetectorConfig(input=a.input, background_floor=a.background_floor, stats=not a.no_stats)
     det = fit_detector(cfg, families=families, reals=a.real, epochs=a.epochs, seed=a.seed, aug_p=a.augment_p,
                        stay_positive=a.stay_positive, zero_shot=a.zero_shot, loo=not a.no_loo, loo_epochs=a.loo_epochs,
-                       experts=not a.no_experts, log=log)
+                       experts=not a.no_experts, cache=_fake_cache(a), log=log)
     det.save(a.out)
     print(json.dumps({**_calibration_summary(det, a.out), "leave_one_out": det.meta.get("leave_one_out")}))
     return 0
@@ -425,7 +437,7 @@ def cmd_detector_calibrate(a: argparse.Namespace) -> int:
     det = load_detector(a.detector)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     det = recalibrate(det, families=families, reals=a.real, seed=a.seed, route=not a.no_route,
-                      experts=not a.no_experts, log=log)
+                      experts=not a.no_experts, cache=_fake_cache(a), log=log)
     det.save(out)
     print(json.dumps(_calibration_summary(det, out)))
     return 0
@@ -447,14 +459,13 @@ def cmd_detector_eval(a: argparse.Namespace) -> int:
     from detector.evaluate import evaluate_detector
     from detector.predict import load_detector
     from detector.sources import parse_generator
-    from detector.train import FAKE_CACHE
 
     det = load_detector(a.detector)
     families = _families(a, default_bundled=False) or _trained_families(det)
     families += [parse_generator(g) for g in a.unseen_generator or []]
     if not families:
         raise GuardError("no fake families to evaluate on; give --fake-generator or --fake")
-    report = evaluate_detector(det, families, seed=a.seed, cache=FAKE_CACHE, zero_shot_n=a.zero_shot_n,
+    report = evaluate_detector(det, families, seed=a.seed, cache=_fake_cache(a), zero_shot_n=a.zero_shot_n,
                                out_dir=a.out, log=_progress_log(a))
     return _emit_report(report, a, "detector_eval.json")
 
@@ -750,6 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     dtr.add_argument("--loo-epochs", type=_positive_int, default=40, help="epochs of each leave-one-out run (default 40)")
     dtr.add_argument("--zero-shot", action="store_true", help="also fit the DIRE fusion (bundled generator; slow)")
     dtr.add_argument("--no-experts", action="store_true", help=NO_EXPERTS_HELP)
+    _fake_cache_argument(dtr)
     dtr.set_defaults(func=cmd_detector_train)
     dca = dt.add_parser("calibrate", help="refit a trained detector's calibration (Platt, the threshold, the edit "
                         "router and its expert, the out-of-domain score) on the same sources and seed as its training; the network is "
@@ -764,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
     dca.add_argument("--no-route", action="store_true", help="one threshold for every image: no edit router (and so "
                      "no edit expert)")
     dca.add_argument("--no-experts", action="store_true", help=NO_EXPERTS_HELP)
+    _fake_cache_argument(dca)
     dca.set_defaults(func=cmd_detector_calibrate)
     dev = dt.add_parser("eval", help="per family x perturbation: AUC, TPR@1%%FPR, real FPR at the stored threshold; "
                         "out-of-domain table, reliability diagram, ROC plot")
@@ -777,6 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--seed", type=int, default=0)
     dev.add_argument("--out", default=None, help="folder for detector_eval.json, detector_roc.png, detector_reliability.png")
     dev.add_argument("--json", action="store_true")
+    _fake_cache_argument(dev)
     dev.set_defaults(func=cmd_detector_eval)
     return p
 

@@ -387,3 +387,15 @@ def test_a_router_that_does_not_fit_the_statistics_is_refused_at_load(tmp_path):
     (tmp_path / "det" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(GuardError, match="not a valid detector config \\(missing field 'platt'\\)"):
         load_detector(tmp_path / "det", device="cpu")
+
+
+def test_detector_commands_take_a_fake_cache_folder(tmp_path):
+    """`--fake-cache DIR` reaches the commands (train, calibrate and eval reuse one folder of fakes); without it
+    the working folder's runs/detector/fakes is used."""
+    from api.cli import _fake_cache, build_parser
+    from detector.train import FAKE_CACHE
+
+    for cmd in ("train --out X", "calibrate", "eval"):
+        a = build_parser().parse_args(["detector", *cmd.split(), "--fake-cache", str(tmp_path)])
+        assert _fake_cache(a) == tmp_path
+        assert _fake_cache(build_parser().parse_args(["detector", *cmd.split()])) == FAKE_CACHE
