@@ -405,9 +405,15 @@ def _fake_cache_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _fake_cache(a: argparse.Namespace) -> Path:
+    """The fakes' cache folder, made now, so that a bad path fails before minutes of sampling, not after."""
     from detector.train import FAKE_CACHE
 
-    return a.fake_cache or FAKE_CACHE
+    path = a.fake_cache or FAKE_CACHE
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GuardError(f"--fake-cache {path}: cannot use it as a folder ({e.strerror or e})") from None
+    return path
 
 
 def cmd_detector_train(a: argparse.Namespace) -> int:

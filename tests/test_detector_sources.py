@@ -389,13 +389,17 @@ def test_a_router_that_does_not_fit_the_statistics_is_refused_at_load(tmp_path):
         load_detector(tmp_path / "det", device="cpu")
 
 
-def test_detector_commands_take_a_fake_cache_folder(tmp_path):
+def test_detector_commands_take_a_fake_cache_folder(tmp_path, monkeypatch):
     """`--fake-cache DIR` reaches the commands (train, calibrate and eval reuse one folder of fakes); without it
-    the working folder's runs/detector/fakes is used."""
-    from api.cli import _fake_cache, build_parser
+    the working folder's runs/detector/fakes is used. A path that cannot be a folder fails at once, not after
+    the fakes are made."""
+    from api.cli import _fake_cache, build_parser, main
     from detector.train import FAKE_CACHE
 
+    monkeypatch.chdir(tmp_path)
     for cmd in ("train --out X", "calibrate", "eval"):
-        a = build_parser().parse_args(["detector", *cmd.split(), "--fake-cache", str(tmp_path)])
-        assert _fake_cache(a) == tmp_path
+        a = build_parser().parse_args(["detector", *cmd.split(), "--fake-cache", str(tmp_path / "c")])
+        assert _fake_cache(a) == tmp_path / "c" and (tmp_path / "c").is_dir()
         assert _fake_cache(build_parser().parse_args(["detector", *cmd.split()])) == FAKE_CACHE
+    (tmp_path / "file").write_text("x")
+    assert main(["detector", "eval", "--fake-generator", "bundled", "--fake-cache", str(tmp_path / "file" / "sub")]) == 2
