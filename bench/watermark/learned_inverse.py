@@ -56,11 +56,8 @@ def make_pairs(model_dir: str, n: int, seed: int, out: str) -> None:
 
 
 def load_pairs(path: str):
-    if path.endswith(".pt"):
-        d = torch.load(path, weights_only=True)
-    else:
-        from safetensors.torch import load_file
-        d = load_file(path)
+    from safetensors.torch import load_file
+    d = load_file(path)
     return d["x"].float() / 127.5 - 1, d["xT"]
 
 
@@ -155,14 +152,13 @@ def fid_fixed_signs(model_dir: str, k: int, n: int, seeds: int, nonces: int = 1)
     signs on the k lowest DCT coefficients (|N(0,1)| magnitudes; one of `nonces` sign patterns per image),
     beside plain samples of the same seeds: what fixing the readable coefficients costs in diversity."""
     from generator.checkpoint import load_model
-    from generator.classifier import load_classifier, predict
-    from generator.data import load_dataset
+    from generator.classifier import predict
+    from generator.evaluate import heldout_reference
     from generator.image_io import quantize
     from generator.metrics import fid
     from generator.pipeline import generate
     model, sched, _ = load_model(model_dir)
-    net = load_classifier()
-    ref = predict(net, load_dataset("mnist5k", "heldout").images)[0].numpy()
+    net, ref = heldout_reference()
     C = dct_matrix(28).float()
     idx = zigzag(28, k)
     keys = torch.where(torch.rand(nonces, k, generator=torch.Generator().manual_seed(99)) > 0.5, 1.0, -1.0)

@@ -24,6 +24,7 @@ import argparse
 import copy
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from generator.image_io import quantize
 from generator.pipeline import generate
 from watermark.attacks import ATTACKS
 from watermark.decoder import attack_layer
-from watermark.evaluate import HEADLINE
+from watermark.evaluate import HEADLINE, payload_bit_accuracies, tpr_at_fpr
 from watermark.guided import (
     GuidedScheme,
     codeword,
@@ -47,87 +48,76 @@ from watermark.guided import (
 )
 from watermark.keys import WatermarkKey
 
-
-class MessageTime(nn.Module):
-    """The U-Net's time MLP plus an embedding of the codeword (`message`: (bits,) or (B, bits) chips, or None)."""
-
-    def __init__(self, time_mlp: nn.Module, emb_dim: int, bits: int):
-        super().__init__()
-        self.time_mlp = time_mlp
-        self.msg = nn.Sequential(nn.Linear(bits, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        nn.init.zeros_(self.msg[2].weight)
-        nn.init.zeros_(self.msg[2].bias)
-        self.message: torch.Tensor | None = None
-        self.gate = torch.ones(1)  # (B,) 1 where the codeword acts; set per call by with_message's forward
-
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        out = self.time_mlp(e)
-        if self.message is None:
-            return out
-        m = self.msg(self.message.to(out.dtype).view(-1, self.msg[0].in_features))
-        return out + m.repeat(out.shape[0] // m.shape[0], 1) * self.gate.view(-1, 1)
-
-
-class MessageInput(nn.Module):
-    """The U-Net's first convolution plus a spatial map of the codeword (8 channels at full resolution from a
-    linear map, then a zero-initialised 1x1 convolution), so the whole U-Net can shape where the mark goes."""
-
-    def __init__(self, conv_in: nn.Conv2d, bits: int, size: int):
-        super().__init__()
-        self.conv_in, self.size = conv_in, size
-        self.msg = nn.Sequential(nn.Linear(bits, 8 * size * size), nn.Unflatten(1, (8, size, size)),
-                                 nn.Conv2d(8, conv_in.out_channels, 1))
-        nn.init.zeros_(self.msg[2].weight)
-        nn.init.zeros_(self.msg[2].bias)
-        self.message: torch.Tensor | None = None
-        self.gate = torch.ones(1)  # (B,) 1 where the codeword acts; set per call by with_message's forward
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv_in(x)
-        if self.message is None:
-            return out
-        m = self.msg(self.message.to(out.dtype).view(-1, self.msg[0].in_features))
-        return out + m.repeat(out.shape[0] // m.shape[0], 1, 1, 1) * self.gate.view(-1, 1, 1, 1)
-
-
+BITS = GuidedScheme().bits
 START = 400  # the codeword acts on steps with t < START only (where the message loss is trained); above, the
 # model is the original. Without the gate the codeword moved the digits' shape from the first steps (PSNR 16.9 dB
 # against the same seed, FID 122 against 61) and carried nothing readable
 
 
-class Both:
-    """Sets the codeword on both entry points at once."""
-
-    def __init__(self, *parts):
-        self.parts = parts
-
-    @property
-    def msg(self):
-        return self.parts[0].msg
-
-    def __setattr__(self, name, value):
-        if name == "message":
-            for p in self.parts:
-                p.message = value
-        else:
-            object.__setattr__(self, name, value)
+@dataclass
+class Codeword:
+    """What the U-Net is conditioned on, shared by both entry points: the (bits,) or (B, bits) chips (None: the
+    original model), and per call, the (B,) gate that is 1 where the codeword acts (set by with_message)."""
+    message: torch.Tensor | None = None
+    gate: torch.Tensor = field(default_factory=lambda: torch.ones(1))
 
 
-def with_message(model: nn.Module):
-    """Give the U-Net the codeword as a condition (Both(...).message = chips, or None); it acts for t < START."""
-    bits = GuidedScheme().bits
-    mt = MessageTime(model.time_mlp, model.time_mlp[-1].out_features, bits)
-    mi = MessageInput(model.conv_in, bits, model.config.image_size)
-    model.time_mlp, model.conv_in = mt, mi
+class _Entry(nn.Module):
+    """One place the codeword enters: `msg` maps the chips to a term added to a U-Net layer's output where the
+    gate is 1. Its last layer starts at zero, so the model starts unchanged."""
+
+    def __init__(self, msg: nn.Sequential, state: Codeword):
+        super().__init__()
+        nn.init.zeros_(msg[-1].weight)
+        nn.init.zeros_(msg[-1].bias)
+        self.msg, self.state = msg, state
+
+    def add(self, out: torch.Tensor) -> torch.Tensor:
+        if self.state.message is None:
+            return out
+        m = self.msg(self.state.message.to(out.dtype).view(-1, BITS))
+        ones = [1] * (out.dim() - 1)
+        return out + m.repeat(out.shape[0] // m.shape[0], *ones) * self.state.gate.view(-1, *ones)
+
+
+class MessageTime(_Entry):
+    """The U-Net's time MLP plus an embedding of the codeword."""
+
+    def __init__(self, time_mlp: nn.Module, emb_dim: int, state: Codeword):
+        super().__init__(nn.Sequential(nn.Linear(BITS, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)), state)
+        self.time_mlp = time_mlp
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.add(self.time_mlp(e))
+
+
+class MessageInput(_Entry):
+    """The U-Net's first convolution plus a spatial map of the codeword (8 channels at full resolution from a
+    linear map, then a 1x1 convolution), so the whole U-Net can shape where the mark goes."""
+
+    def __init__(self, conv_in: nn.Conv2d, size: int, state: Codeword):
+        super().__init__(nn.Sequential(nn.Linear(BITS, 8 * size * size), nn.Unflatten(1, (8, size, size)),
+                                       nn.Conv2d(8, conv_in.out_channels, 1)), state)
+        self.conv_in = conv_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add(self.conv_in(x))
+
+
+def with_message(model: nn.Module) -> Codeword:
+    """Give the U-Net the codeword as a condition (set the returned Codeword's message, or None); it acts for
+    t < START."""
+    state = Codeword()
+    model.time_mlp = MessageTime(model.time_mlp, model.time_mlp[-1].out_features, state)
+    model.conv_in = MessageInput(model.conv_in, model.config.image_size, state)
     forward = model.forward
 
     def gated(x, t, cond=None, guidance=None):
-        gate = (t.reshape(-1).expand(x.shape[0]) < START).to(x.dtype) if t.numel() == 1 else (t < START).to(x.dtype)
-        mt.gate = mi.gate = gate
+        state.gate = (t.reshape(-1).expand(x.shape[0]) < START).to(x.dtype)
         return forward(x, t, cond, guidance)
 
     model.forward = gated
-    return Both(mt, mi)
+    return state
 
 
 def train(out: str, steps: int, weight: float, seed: int, batch: int = 32, margin: float = 3.0,
@@ -137,7 +127,7 @@ def train(out: str, steps: int, weight: float, seed: int, batch: int = 32, margi
     gen = torch.Generator().manual_seed(seed)
     model, sched, _ = load_model(None)
     orig = copy.deepcopy(model).requires_grad_(False).eval()
-    mt = with_message(model)
+    cw = with_message(model)
     if init:  # continue from an earlier run's weights (a fresh optimiser)
         from safetensors.torch import load_file
         model.load_state_dict(load_file(f"{init}/model.safetensors"))
@@ -162,8 +152,8 @@ def train(out: str, steps: int, weight: float, seed: int, batch: int = 32, margi
         t = torch.randint(0, START, (batch,), generator=gen)  # above START the codeword is gated off
         eps = torch.randn(x0.shape, generator=gen)
         xt = sa[t].view(-1, 1, 1, 1) * x0 + s1a[t].view(-1, 1, 1, 1) * eps
-        chips = torch.where(torch.rand(batch, mt.msg[0].in_features, generator=gen) < 0.5, 1.0, -1.0)
-        mt.message = chips
+        chips = torch.where(torch.rand(batch, BITS, generator=gen) < 0.5, 1.0, -1.0)
+        cw.message = chips
         eps_hat = model(xt, t, y)
         with torch.no_grad():
             eps_orig = orig(xt, t, y)
@@ -183,7 +173,7 @@ def train(out: str, steps: int, weight: float, seed: int, batch: int = 32, margi
             hist.append(row)
             print(json.dumps(row), flush=True)
             acc.clear()
-            mt.message = None
+            cw.message = None
             save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, f"{out}/model.safetensors")
             Path(f"{out}/train.json").write_text(json.dumps({"steps": steps, "weight": weight, "seed": seed, "init": init, "unet_lr": unet_lr, "msg_lr": msg_lr,
                                                              "batch": batch, "history": hist}, indent=1))
@@ -192,41 +182,38 @@ def train(out: str, steps: int, weight: float, seed: int, batch: int = 32, margi
 def load_finetuned(out: str):
     from safetensors.torch import load_file
     model, sched, _ = load_model(None)
-    mt = with_message(model)
+    cw = with_message(model)
     model.load_state_dict(load_file(f"{out}/model.safetensors"))
-    return model.eval(), mt, sched
-
-
-def tpr_at_fpr(neg: np.ndarray, pos: np.ndarray, fpr: float = 0.01) -> float:
-    return float((pos > np.quantile(neg, 1 - fpr)).mean())
+    return model.eval(), cw, sched
 
 
 def evaluate(out: str, n: int, key_seed: int, report_path: str | None, alpha: float = 0.01) -> dict:
-    from generator.classifier import load_classifier, predict
+    from generator.classifier import predict
+    from generator.evaluate import heldout_reference
     from generator.metrics import fid
-    model, mt, sched = load_finetuned(out)
+    model, cw, sched = load_finetuned(out)
     orig, _, _ = load_model(None)
     key = WatermarkKey(bytes([key_seed]) * 32)
     payload = 0xC0FFEE42
     _, cal = decoder_and_center(None)
     kw = {"steps": 50, "precision": "auto"}
     t0 = time.time()
-    mt.message = codeword(key, payload)
+    cw.message = codeword(key, payload)
     marked, labels = generate(model, sched, n, seed=0, **kw)
     t_marked = time.time() - t0
     others_keys = [WatermarkKey(key.stream(f"eval/other-key/{i}", 32)) for i in range(max(1, n // 5))]
     others = []
     for i, k in enumerate(others_keys):
-        mt.message = codeword(k, payload)
+        cw.message = codeword(k, payload)
         others.append(generate(model, sched, 5, seed=1 + i, **kw)[0])
-    mt.message = None
+    cw.message = None
     t0 = time.time()
     plain, _ = generate(orig, sched, n, seed=0, **kw)  # the same seeds, unmarked, by the original model
     t_plain = time.time() - t0
     unmarked = torch.cat([plain, generate(orig, sched, n, seed=2, **kw)[0]])
     marked, plain, unmarked, others = (quantize(v) for v in (marked, plain, unmarked, torch.cat(others)[:n]))
     held = load_dataset("mnist5k", "heldout").images
-    net = load_classifier()
+    net, ref = heldout_reference()
     mse = ((marked - plain) / 2).pow(2).flatten(1).mean(1)
     rep = {"n": n, "key_seed": key_seed, "train": json.loads(Path(f"{out}/train.json").read_text())["weight"],
            "cpu": torch.backends.cpu.get_cpu_capability(), "cost_ratio": t_marked / t_plain,
@@ -239,8 +226,7 @@ def evaluate(out: str, n: int, key_seed: int, report_path: str | None, alpha: fl
         reads = {k: read_logits(decode_logits(v), cal, key) for k, v in sets.items()}
         p = {k: np.array([r.p_value for r in v]) for k, v in reads.items()}
         neg = -np.log10(np.concatenate([p["real"], p["unmarked"], p["other_key"]]))
-        bits = [np.mean([int(a) == int(b) for a, b in zip(f"{int(r.decoded_payload, 16):032b}", f"{payload:032b}")])
-                for r in reads["marked"]]
+        bits = payload_bit_accuracies([r.decoded_payload for r in reads["marked"]], payload)
         rep["attacks"][name] = {"tpr_at_alpha": float((p["marked"] < alpha).mean()),
                                 "tpr_at_empirical_1pct_fpr": tpr_at_fpr(neg, -np.log10(p["marked"])),
                                 "fpr_at_alpha": {k: float((p[k] < alpha).mean()) for k in ("real", "unmarked", "other_key")},
@@ -248,10 +234,9 @@ def evaluate(out: str, n: int, key_seed: int, report_path: str | None, alpha: fl
         print(name, json.dumps(rep["attacks"][name]), flush=True)
     rep["mean_tpr_headline"] = float(np.mean([rep["attacks"][a]["tpr_at_alpha"] for a in HEADLINE]))
     rep["mean_bit_accuracy_headline"] = float(np.mean([rep["attacks"][a]["bit_accuracy"] for a in HEADLINE]))
-    ref = predict(net, held)[0].numpy()
-    mt.message = codeword(key, payload)
+    cw.message = codeword(key, payload)
     fm = quantize(generate(model, sched, n, seed=100, **kw)[0])
-    mt.message = None
+    cw.message = None
     fp = quantize(generate(orig, sched, n, seed=100, **kw)[0])
     rep["fid"] = {"marked": fid(predict(net, fm)[0].numpy(), ref), "plain": fid(predict(net, fp)[0].numpy(), ref),
                   "n": n, "seed": 100}
