@@ -29,6 +29,13 @@ def _int_at_least(lo: int):
 _positive_int, _nonnegative_int = _int_at_least(1), _int_at_least(0)
 
 
+def _folder(s: str) -> Path:
+    """An argparse type: a folder path, not empty (an unset shell variable would otherwise mean the working folder)."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a folder")
+    return Path(s)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from generator.config import DiffusionConfig, TrainConfig, UNetConfig
     from generator.data import load_dataset
@@ -399,7 +406,7 @@ def _calibration_summary(det, out: str) -> dict:
 
 
 def _fake_cache_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fake-cache", type=Path, default=None, metavar="DIR",
+    p.add_argument("--fake-cache", type=_folder, default=None, metavar="DIR",
                    help="where generated fakes are kept between runs (default runs/detector/fakes under the working "
                         "folder: run from elsewhere, the fakes are made again)")
 

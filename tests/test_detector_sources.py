@@ -403,3 +403,6 @@ def test_detector_commands_take_a_fake_cache_folder(tmp_path, monkeypatch):
         assert _fake_cache(build_parser().parse_args(["detector", *cmd.split()])) == FAKE_CACHE
     (tmp_path / "file").write_text("x")
     assert main(["detector", "eval", "--fake-generator", "bundled", "--fake-cache", str(tmp_path / "file" / "sub")]) == 2
+    with pytest.raises(SystemExit) as e:  # an empty value (an unset shell variable) is refused, not read as "."
+        main(["detector", "eval", "--fake-cache", ""])
+    assert e.value.code == 2
