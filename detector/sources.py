@@ -116,13 +116,21 @@ def real_images(specs: list[str], part: str, shape: tuple[int, int, int] = (1, 2
 
 
 def ddpm_sources(model) -> tuple[FakeSource, ...]:
-    """The sampler settings a DDPM family contributes. The bundled model keeps its historical six; another
-    DDPM gets ancestral, two DDIM settings and SDEdit reconstructions (guided when it is conditional). Both
+    """The sampler settings a DDPM family contributes. The bundled model keeps its historical six; a distilled
+    student (generator.distill) gets its own few-step DDIM grid at three guidance scales inside the range it
+    learned, and SDEdit reconstructions on that grid; another DDPM gets ancestral, two DDIM settings and
+    SDEdit reconstructions (guided when it is conditional). The bundled model and other DDPMs
     add SDEdit from t 20-150: fakes that keep a real digit's strokes almost exactly and differ from it only
     in the generator's traces (B-Free, Guillaro et al. 2025), so content cannot be the evidence."""
     low_t = FakeSource("aligned-t20-150", steps=5, guidance=0.0, aligned=(20, 150))
     if getattr(model, "is_bundled", False):
         return TRAIN_SOURCES + (low_t,)
+    distilled = getattr(model, "distilled", None)
+    if distilled is not None:  # a distilled student: its own few-step grid, at guidance scales it learned
+        n, (g_lo, g_hi) = distilled.steps, distilled.guidance_range
+        gs = sorted({min(max(g, g_lo), g_hi) for g in (1.0, 1.5, 2.5)})
+        return tuple(FakeSource(f"ddim{n}-g{g:g}", steps=n, guidance=g) for g in gs) + (
+            FakeSource(f"aligned-t100-600-ddim{n}", steps=n, guidance=gs[0], aligned=(100, 600)),)
     g = 1.5 if model.config.num_classes else 0.0
     return (FakeSource("ddpm50", "ddpm", 50, guidance=g), FakeSource("ddim10", steps=10, guidance=g),
             FakeSource("ddim50", steps=50, guidance=g), FakeSource("aligned-t100-600", steps=10, guidance=0.0,

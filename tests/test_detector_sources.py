@@ -43,6 +43,19 @@ def test_family_trains_saves_and_samples_identically(kind, tmp_path):
     assert torch.equal(family_fakes(fam, 6, 3, real=None, cache=tmp_path / "cache")["sample"], first["sample"])
 
 
+def test_a_distilled_student_family_samples_on_its_own_grid(tmp_path):
+    fam = parse_generator("generator/weights/mnist5k-student4")
+    assert fam.kind == "ddpm"
+    fakes = family_fakes(fam, 3, 0, real=real_split("train")[:3], cache=tmp_path)
+    # its 4-step DDIM grid at guidance scales it learned, and SDEdit reconstructions on that grid; never the
+    # teacher's 50-step ancestral sampler, which a student was not trained for
+    assert list(fakes) == ["ddim4-g1", "ddim4-g1.5", "ddim4-g2.5", "aligned-t100-600-ddim4"]
+    for x in fakes.values():
+        assert x.shape == (3, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
+        assert (x > 0).float().mean() > 0.05  # a digit was drawn, not an empty or saturated frame
+    assert len(list(tmp_path.glob("*.npy"))) == 4
+
+
 def test_source_specs_fail_clearly(tmp_path):
     assert parse_generator("bundled").kind == "ddpm"
     with pytest.raises(GuardError, match="not a generator folder"):
