@@ -81,6 +81,31 @@ def test_zero_bit_p_values_are_uniform_under_the_null(statistic):
         assert abs((p < a).mean() - a) < 4 * np.sqrt(a * (1 - a) / len(p)) + 1e-3, a
 
 
+
+def test_sign_max_keeps_the_member_that_reads_the_mark_and_stays_calibrated():
+    """An ensemble of two decoders where one member reads the mark and the other reads noise (one fails under
+    rotation, the other under a crop): the summed test is diluted, the best member's test is not; its payload
+    comes from that member; under the null the Sidak-corrected p-value stays uniform."""
+    gen = torch.Generator().manual_seed(5)
+    cw = codeword(KEY, 0xC0FFEE42)
+    cal = identity_calibration(144)
+    noise = torch.randn(200, 72, generator=gen)
+    for order in ((0, 1), (1, 0)):  # the reading member first, then second
+        parts = [1.5 * cw[None] + 0.5 * torch.randn(200, 72, generator=gen), 3 * noise]
+        logits = torch.cat([parts[order[0]], parts[order[1]]], 1)
+        summed = read_logits(logits, cal, KEY, GuidedScheme(statistic="sign"))
+        best = read_logits(logits, cal, KEY, GuidedScheme(statistic="sign-max"))
+        assert np.mean([r.p_value < 0.01 for r in best]) > 0.95
+        assert np.mean([r.p_value for r in best]) < np.mean([r.p_value for r in summed])
+        assert np.mean([r.payload == "c0ffee42" for r in best]) > np.mean([r.payload == "c0ffee42" for r in summed])
+    null = torch.randn(4000, 144, generator=gen)
+    p = np.array([r.p_value for r in read_logits(null, cal, KEY, GuidedScheme(statistic="sign-max"))])
+    for a in (0.01, 0.05, 0.2):
+        assert abs((p < a).mean() - a) < 4 * np.sqrt(a * (1 - a) / len(p)) + 1e-3, a
+    one = torch.randn(500, 72, generator=gen)  # one copy: the same test as "sign"
+    assert np.allclose([r.p_value for r in read_logits(one, identity_calibration(), KEY, GuidedScheme(statistic="sign-max"))],
+                       [r.p_value for r in read_logits(one, identity_calibration(), KEY, GuidedScheme(statistic="sign"))])
+
 def test_guidance_moves_x0_toward_the_codeword():
     torch.manual_seed(0)
     dec = MessageDecoder(DecoderConfig(width=8)).eval().requires_grad_(False)

@@ -206,12 +206,14 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
         reads = {k: read_logits(v, cal, key, scheme) for k, v in logits.items()}
         p = {k: np.array([r.p_value for r in v]) for k, v in reads.items()}
         alt = {}  # the other zero-bit statistic on the same logits, for the record
-        for stat in ("binomial", "sign"):
+        for stat in ("binomial", "sign", "sign-max"):
             if stat != scheme.statistic:
-                pa = {k: np.array([r.p_value for r in read_logits(v, cal, key, replace(scheme, statistic=stat))])
-                      for k, v in logits.items()}
+                ra = {k: read_logits(v, cal, key, replace(scheme, statistic=stat)) for k, v in logits.items()}
+                pa = {k: np.array([r.p_value for r in v]) for k, v in ra.items()}
                 alt[stat] = {"tpr_at_alpha": float((pa["marked"] < alpha).mean()),
-                             "fpr_at_alpha": {k: float((pa[k] < alpha).mean()) for k in neg_p}}
+                             "fpr_at_alpha": {k: float((pa[k] < alpha).mean()) for k in neg_p},
+                             "bit_accuracy": float(np.mean(payload_bit_accuracies(
+                                 [r.decoded_payload for r in ra["marked"]], payload)))}
         for k in neg_p:
             neg_p[k].append(p[k])
         neg = -np.log10(np.concatenate([p[k] for k in neg_p]))
