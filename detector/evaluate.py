@@ -29,7 +29,7 @@ from generator.image_io import decode_image, fit_to, quantize, read_bytes, to_te
 from generator.perturb import background_noise, gaussian_blur, gaussian_noise, jpeg, resize_and_back, tidy
 from detector.data import HELDOUT_SOURCES, TRAIN_SOURCES, fake_sets, real_split
 from detector.predict import Detector
-from detector.sources import Family, family_fakes
+from detector.sources import Family, check_shape, family_fakes
 
 TIDY_LEVEL, BACKGROUND_AMPLITUDE = 20, 4  # the shortcut test (8-bit levels): fakes <= 20 -> 0; reals' background +|N(0, 4)|
 N_EVAL_PER_SOURCE = 150  # bundled DDPM: 11 sampler settings x 150; other DDPMs: 5 x 150; VAE/GAN: 600
@@ -93,6 +93,9 @@ def eval_fakes(family: Family, n: int, seed: int, real: torch.Tensor, cache: Pat
 
 def evaluate_detector(det: Detector, families: list[Family], *, seed: int = 0, cache: Path | None = None,
                       zero_shot_n: int = 0, out_dir: str | Path | None = None, log=None) -> dict:
+    cfg = det.net.config
+    for f in families:
+        check_shape(f, (cfg.in_chans, cfg.image_size, cfg.image_size))
     real = real_split("heldout")
     trained = set((det.meta.get("train") or {}).get("families", {}))
     report: dict = {"threshold": det.threshold, "routed_thresholds": None if det.router is None else det.router.by_edit,

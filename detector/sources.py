@@ -37,6 +37,7 @@ class Family:
     name: str
     kind: str
     path: str | None = None
+    shape: tuple[int, int, int] | None = None  # (C, H, W) the generator makes; None: the bundled model or a folder
 
     @property
     def cache_tag(self) -> str:
@@ -65,7 +66,22 @@ def parse_generator(spec: str) -> Family:
         kind = str(cfg["family"].get("kind"))
     else:
         raise GuardError(f"{spec}: config.json has format {fmt!r}, not a generator this detector can sample")
-    return Family(folder.resolve().name, kind, str(folder))
+    if kind == "ddpm":
+        unet = cfg.get("unet") or {}
+        shape = (int(unet.get("in_channels", 1)), int(unet.get("image_size", 28)), int(unet.get("image_size", 28)))
+    else:
+        size = int(cfg["family"].get("image_size", 28))
+        shape = (1, size, size)
+    return Family(folder.resolve().name, kind, str(folder), shape)
+
+
+def check_shape(family: Family, shape: tuple[int, int, int]) -> None:
+    """A generator whose images are not the detector's input (a 3x32x32 photo model for a 1x28x28 digit
+    detector) is refused before any sampling: its fakes would teach the detector image size, not traces."""
+    if family.shape is not None and tuple(family.shape) != tuple(shape):
+        made, reads = "x".join(map(str, family.shape)), "x".join(map(str, shape))
+        raise GuardError(f"{family.path}: this generator makes {made} images; the detector reads {reads}. "
+                         "Give a generator of the detector's own images (or train the detector for that size)")
 
 
 def parse_folder(spec: str, what: str = "--fake") -> Path:

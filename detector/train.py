@@ -35,7 +35,7 @@ from detector.domain import DomainScore
 from detector.experts import EditExpert, expert_features
 from detector.model import DetectorConfig, DetectorNet
 from detector.predict import Detector
-from detector.sources import Family, family_fakes, real_images, split_sources
+from detector.sources import Family, check_shape, family_fakes, real_images, split_sources
 
 FAKE_CACHE = Path("runs/detector/fakes")
 TARGET_FPR = 0.01  # the decision threshold flags at most this fraction of calibration reals, per benign edit
@@ -237,6 +237,8 @@ def gather(cfg: DetectorConfig, families: list[Family], reals: list[str] | None,
     if not families:
         raise ValueError("at least one fake family is needed")
     shape = (cfg.in_chans, cfg.image_size, cfg.image_size)
+    for fam in families:
+        check_shape(fam, shape)
     real_tr, real_cal = real_images(reals or [], "train", shape), real_images(reals or [], "calib", shape)
     fam_tr, fam_cal, sources = {}, {}, {}
     for fam in families:

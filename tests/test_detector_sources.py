@@ -17,7 +17,7 @@ from detector.data import background_noise, perturb_for_calibration, real_split,
 from detector.domain import DomainScore, verdict
 from detector.families import FamilyConfig, load_family, sample_family, save_family, train_family
 from detector.model import DetectorConfig
-from detector.sources import family_fakes, folder_family, parse_generator, read_folder, real_images
+from detector.sources import check_shape, family_fakes, folder_family, parse_generator, read_folder, real_images
 from detector.train import calibrate, fit_domain, train_net
 
 TINY = dict(layers=(1, 1, 1, 1), channels=(8, 8, 16, 16))
@@ -67,6 +67,15 @@ def test_source_specs_fail_clearly(tmp_path):
         folder_family(str(tmp_path))
     with pytest.raises(GuardError, match="no such folder"):
         folder_family(f"folder:{tmp_path / 'missing'}")
+    # a generator of other images (the colour photo model) is refused before any sampling, by train and eval alike
+    photos = parse_generator("generator/weights/photos32")
+    assert photos.shape == (3, 32, 32) and parse_generator("generator/weights/mnist5k-student4").shape == (1, 28, 28)
+    check_shape(parse_generator("generator/weights/mnist5k-student4"), (1, 28, 28))
+    with pytest.raises(GuardError, match="makes 3x32x32 images; the detector reads 1x28x28"):
+        check_shape(photos, (1, 28, 28))
+    r = _cli("detector", "eval", "--detector", "detector/weights/default", "--unseen-generator",
+             "generator/weights/photos32", "--out", str(tmp_path / "eval"), timeout=120)
+    assert r.returncode == 2 and "makes 3x32x32 images" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_folder_sources_read_safely_and_split(tmp_path):
