@@ -23,7 +23,6 @@ valid when its keyed tag matches.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -216,7 +215,7 @@ def zero_bit_test(logits: torch.Tensor, cal: Calibration, key: WatermarkKey,
             per_copy.append(norm.sf((2 * a_c - z - 1 + 2 * u) / sd))
         per_copy = np.stack(per_copy, 1)
         best = per_copy.argmin(1)
-        p = -np.expm1(copies * np.log1p(-np.minimum(per_copy.min(1), 1 - 1e-16)))
+        p = sidak(per_copy.min(1), copies)
     else:
         raise GuardError(f"unknown watermark statistic {scheme.statistic!r}")
     per = centred.view(len(centred), copies, nb)
@@ -261,10 +260,15 @@ def verify_guided(images: torch.Tensor, key: WatermarkKey, *, alpha: float = 0.0
     return read_logits(decode_logits(images, decoder), cal, key, scheme)
 
 
+def sidak(p_min, m: int):
+    """The Sidak correction of the smallest of m independent p-values (scalar or array): 1 - (1 - p)^m."""
+    p = np.asarray(p_min, dtype=np.float64)
+    return np.where(p < 1, -np.expm1(m * np.log1p(-np.minimum(p, 1 - 1e-16))), 1.0)
+
+
 def combine(p_values: list[float]) -> float:
     """One p-value for 'at least one of these independent tests rejects': Sidak over their minimum."""
-    p = min(p_values)
-    return float(-math.expm1(len(p_values) * math.log1p(-min(p, 1 - 1e-16)))) if p < 1 else 1.0
+    return float(sidak(min(p_values), len(p_values)))
 
 
 def calibrate(decoder_dir: str, model, schedule, *, n_samples: int = 2000, seed: int = 1000, log=print) -> dict:

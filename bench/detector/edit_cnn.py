@@ -18,26 +18,21 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from detector.data import perturb_for_calibration
 from detector.evaluate import PERTURBATIONS
-from detector.experts import TreeEnsemble, expert_features
+from detector.experts import TreeEnsemble, expert_features, stroke_levels
 from detector.predict import load_detector
 from detector.sources import parse_generator
-from detector.stats import STROKE_LEVEL
 from detector.train import EXPERT_EDITS, FAKE_CACHE, gather
+from loo_common import FAMILIES, TESTS, auc
 
-FAMILIES = ["bundled", "detector/weights/families/ddpm-b", "detector/weights/families/vae",
-            "detector/weights/families/gan"]
-TESTS = ("jpeg75", "jpeg50", "blur1", "resize0.5", "noise0.05")
 BAND = 160.0
 
 
 def inputs(fitted: torch.Tensor) -> torch.Tensor:
-    v = ((fitted.float().mean(1, keepdim=True) + 1) * 127.5).clamp(0, 255)
-    v = torch.where(v > STROKE_LEVEL, v, torch.zeros_like(v))
+    v = stroke_levels(fitted)
     return torch.cat([v / 127.5 - 1, ((v - BAND) / (255 - BAND)).clamp(0, 1) * 2 - 1], 1)
 
 
@@ -83,10 +78,6 @@ def train_cnn(xr: torch.Tensor, xf: torch.Tensor, epochs: int, seed: int = 0) ->
 @torch.no_grad()
 def cnn_logit(net: EditCNN, x: torch.Tensor) -> np.ndarray:
     return torch.cat([net(x[i:i + 1024]) for i in range(0, len(x), 1024)]).numpy()
-
-
-def auc(real, fake):
-    return float(roc_auc_score(np.r_[np.zeros(len(real)), np.ones(len(fake))], np.r_[real, fake]))
 
 
 def main() -> None:

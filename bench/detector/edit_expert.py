@@ -22,7 +22,6 @@ import sys
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -33,14 +32,9 @@ from detector.predict import load_detector
 from detector.sources import parse_generator
 from detector.stats import N_STATS
 from detector.train import EXPERT_EDITS, FAKE_CACHE, expert_training_set, gather
+from loo_common import FAMILIES, auc
 
-FAMILIES = ["bundled", "detector/weights/families/ddpm-b", "detector/weights/families/vae",
-            "detector/weights/families/gan"]
 TESTS = {"jpeg": ("jpeg75", "jpeg50"), "blur": ("blur1",), "resize": ("resize0.5",), "noise": ("noise0.05",)}
-
-
-def auc(real: np.ndarray, fake: np.ndarray) -> float:
-    return float(roc_auc_score(np.r_[np.zeros(len(real)), np.ones(len(fake))], np.r_[real, fake]))
 
 
 def main() -> None:

@@ -23,37 +23,28 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 from detector.evaluate import PERTURBATIONS
-from detector.experts import TreeEnsemble, expert_features
+from detector.experts import TreeEnsemble, expert_features, stroke_levels
 from detector.predict import load_detector
 from detector.sources import parse_generator
-from detector.stats import STROKE_LEVEL, stroke_statistics
+from detector.stats import stroke_statistics
 from detector.train import EXPERT_EDITS, FAKE_CACHE, gather
+from loo_common import FAMILIES, TESTS, auc
 from detector.data import perturb_for_calibration
 from generator.perturb import gaussian_blur
 
-FAMILIES = ["bundled", "detector/weights/families/ddpm-b", "detector/weights/families/vae",
-            "detector/weights/families/gan"]
-TESTS = ("jpeg75", "jpeg50", "blur1", "resize0.5", "noise0.05")
-
-
-def _levels(fitted: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) 8-bit levels of the floored image (the detector's floor: at or below STROKE_LEVEL -> 0)."""
-    v = ((fitted.float().mean(1, keepdim=True) + 1) * 127.5).clamp(0, 255)
-    return torch.where(v > STROKE_LEVEL, v, torch.zeros_like(v))
 
 
 def view_sharpen(fitted):
-    v = _levels(fitted)
+    v = stroke_levels(fitted)
     x = v / 127.5 - 1
     sharp = (x + 1.0 * (x - gaussian_blur(x, 1.0))).clamp(-1, 1)
     return stroke_statistics(sharp).numpy()
 
 
 def view_moments(fitted):
-    v = _levels(fitted)[:, 0].double()
+    v = stroke_levels(fitted)[:, 0].double()
     n, h, w = v.shape
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     m = v.sum((1, 2)).clamp(min=1e-6)
@@ -66,12 +57,12 @@ def view_moments(fitted):
 
 
 def view_coarse(fitted):
-    v = _levels(fitted)
+    v = stroke_levels(fitted)
     return stroke_statistics(F.avg_pool2d(v, 2) / 127.5 - 1).numpy()
 
 
 def view_profile(fitted):
-    v = _levels(fitted)
+    v = stroke_levels(fitted)
     stroke = v > 0
     bg_near = F.max_pool2d((~stroke).float(), 3, 1, 1) > 0
     rim, inner = stroke & bg_near, stroke & ~bg_near
@@ -85,10 +76,6 @@ def view_profile(fitted):
 
 
 VIEWS = {"sharpen": view_sharpen, "moments": view_moments, "coarse": view_coarse, "profile": view_profile}
-
-
-def auc(real, fake):
-    return float(roc_auc_score(np.r_[np.zeros(len(real)), np.ones(len(fake))], np.r_[real, fake]))
 
 
 def main() -> None:
