@@ -66,12 +66,15 @@ def parse_generator(spec: str) -> Family:
         kind = str(cfg["family"].get("kind"))
     else:
         raise GuardError(f"{spec}: config.json has format {fmt!r}, not a generator this detector can sample")
-    if kind == "ddpm":
-        unet = cfg.get("unet") or {}
-        shape = (int(unet.get("in_channels", 1)), int(unet.get("image_size", 28)), int(unet.get("image_size", 28)))
-    else:
-        size = int(cfg["family"].get("image_size", 28))
-        shape = (1, size, size)
+    try:
+        if kind == "ddpm":
+            unet = cfg.get("unet") or {}
+            channels, size = int(unet.get("in_channels", 1)), int(unet.get("image_size", 28))
+        else:
+            channels, size = 1, int(cfg["family"].get("image_size", 28))
+    except (AttributeError, TypeError, ValueError) as e:
+        raise GuardError(f"{spec}/config.json: invalid image shape ({e})") from None
+    shape = (channels, size, size)
     return Family(folder.resolve().name, kind, str(folder), shape)
 
 

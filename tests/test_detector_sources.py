@@ -67,6 +67,9 @@ def test_source_specs_fail_clearly(tmp_path):
         folder_family(str(tmp_path))
     with pytest.raises(GuardError, match="no such folder"):
         folder_family(f"folder:{tmp_path / 'missing'}")
+    (tmp_path / "config.json").write_text(json.dumps({"format": "ddpm-guard/unet-v1", "unet": {"image_size": "big"}}))
+    with pytest.raises(GuardError, match="invalid image shape"):
+        parse_generator(str(tmp_path))
     # a generator of other images (the colour photo model) is refused before any sampling, by train and eval alike
     photos = parse_generator("generator/weights/photos32")
     assert photos.shape == (3, 32, 32) and parse_generator("generator/weights/mnist5k-student4").shape == (1, 28, 28)
