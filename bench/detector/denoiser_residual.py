@@ -13,19 +13,16 @@ blurring.
 """
 import numpy as np, torch, torch.nn as nn, sys, time
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import roc_auc_score
 from detector.evaluate import PERTURBATIONS
 from detector.experts import expert_features
 from detector.predict import load_detector
 from detector.sources import parse_generator
 from detector.data import perturb_for_calibration
 from detector.train import FAKE_CACHE, gather, EXPERT_EDITS
+from loo_common import FAMILIES, TESTS, auc
 torch.set_num_threads(2)
-FAMILIES = ["bundled", "detector/weights/families/ddpm-b", "detector/weights/families/vae", "detector/weights/families/gan"]
-TESTS=["jpeg75","jpeg50","blur1","resize0.5","noise0.05"]
 det = load_detector(None, device="cpu")
 real_tr, real_cal, fam_tr, fam_cal, _ = gather(det.config, [parse_generator(s) for s in FAMILIES], None, 0, FAKE_CACHE)
-auc=lambda a,b: roc_auc_score(np.r_[np.zeros(len(a)),np.ones(len(b))],np.r_[a,b])
 # denoiser trained on training reals only (Gaussian noise, sigma 0.02-0.3 in [-1,1] units)
 torch.manual_seed(0)
 D=nn.Sequential(nn.Conv2d(1,32,3,padding=1),nn.ReLU(),nn.Conv2d(32,32,3,padding=1),nn.ReLU(),nn.Conv2d(32,32,3,padding=1),nn.ReLU(),nn.Conv2d(32,1,3,padding=1))

@@ -32,9 +32,8 @@ from detector.predict import load_detector
 from detector.sources import parse_generator
 from detector.train import FAKE_CACHE, gather
 from generator.image_io import to_tensor
+from loo_common import FAMILIES
 
-FAMILIES = ["bundled", "detector/weights/families/ddpm-b", "detector/weights/families/vae",
-            "detector/weights/families/gan"]
 
 
 def dev_crops(seed: int = 1, per_scale: int = 50) -> dict[str, list[Image.Image]]:
