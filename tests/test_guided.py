@@ -51,6 +51,45 @@ def test_canonical_frame_undoes_rotation():
         assert (canonicalise(r) - c).abs().mean() < 0.5 * (r - x).abs().mean()
 
 
+def test_affine_frame_undoes_a_stretch_that_the_similarity_frame_keeps():
+    """A 4:3 horizontal stretch (what a 3:4 crop resized back does) and a rotation: the affine frame maps the
+    stretched digit closer to the unstretched one's canonical image than the similarity frame does, and
+    leaves rotation as well undone as before."""
+    import torch.nn.functional as F
+
+    from generator.data import load_dataset
+    from watermark.decoder import canonicalise
+
+    x = load_dataset("mnist5k", "heldout").images[::20]
+    theta = torch.tensor([[0.75, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(len(x), 2, 3)  # output u reads input 0.75 u
+    stretched = F.grid_sample(x + 1, F.affine_grid(theta, list(x.shape), align_corners=False),
+                              align_corners=False) - 1
+    err = {a: (canonicalise(stretched, 0.0, a) - canonicalise(x, 0.0, a)).abs().mean() for a in (0.0, 1.0)}
+    assert err[1.0] < 0.93 * err[0.0]  # measured: 0.125 against 0.138
+    r = rotate(x, 75)
+    assert (canonicalise(r, 1.0, 1.0) - canonicalise(x, 1.0, 1.0)).abs().mean() < 0.5 * (r - x).abs().mean()
+
+
+def test_attack_layer_crops_take_an_aspect_ratio_only_when_asked():
+    """A round blob through the crop-only branch: square crops keep it round, 4:3 crops stretch it."""
+    from watermark.decoder import _affine01
+
+    v = torch.linspace(-1, 1, 28)
+    blob = ((v[None, :] ** 2 + v[:, None] ** 2) < 0.2).float()[None, None].repeat(200, 1, 1, 1)
+
+    def spread_ratio(y):
+        w = y[:, 0] / y[:, 0].sum((1, 2), keepdim=True)
+        cx, cy = (w * v[None, None, :]).sum((1, 2)), (w * v[None, :, None]).sum((1, 2))
+        sx = (w * (v[None, None, :] - cx[:, None, None]) ** 2).sum((1, 2))
+        sy = (w * (v[None, :, None] - cy[:, None, None]) ** 2).sum((1, 2))
+        return (sx / sy).log().abs()
+
+    square = _affine01(blob, torch.Generator().manual_seed(0), 0.0, 0.6, 1.0)
+    oblong = _affine01(blob, torch.Generator().manual_seed(0), 0.0, 0.6, 4 / 3)
+    assert spread_ratio(square).max() < 0.05
+    assert spread_ratio(oblong).max() > 0.3 and spread_ratio(oblong).max() < 2 * np.log(4 / 3) + 0.05
+
+
 def test_codeword_depends_on_key_and_payload_and_looks_random():
     a, b, c = codeword(KEY, 5), codeword(KEY, 6), codeword(OTHER, 5)
     assert a.shape == (72,) and set(a.tolist()) <= {1.0, -1.0}

@@ -41,6 +41,13 @@ class DecoderConfig:
     # axis upright, radius of gyration fixed, heavier end down. Rotation, crop and rescale then move the
     # digit's own frame along with the mark, so the CNN sees the mark where it was put.
     canonical: bool = False
+    # the frame's moments are taken on a copy blurred by this Gaussian sigma (pixels; 0: the image itself), so
+    # noise's scattered bright pixels do not move the centroid or inflate the radius
+    canonical_smooth: float = 0.0
+    # 0: one scale for both axes (a similarity frame); 1: the principal and the minor axis each scaled to a
+    # typical digit's spread (an affine frame that also undoes a stretch, as a 3:4 crop resized back makes);
+    # in between: that share of the per-axis correction, as a power
+    canonical_aniso: float = 0.0
 
 
 @dataclass
@@ -65,6 +72,9 @@ class TrainConfig:
     # image's gradient magnitude). The stroke's flat core and the black background stay as they are, and the
     # mark lives in low-frequency stroke geometry; None writes the free residual
     dilate_grid: int | None = None
+    # the training crops' largest width:height (and its inverse); 4/3 is torchvision's RandomResizedCrop.
+    # 1 (square crops) is how the bundled decoder was trained
+    crop_aspect: float = 1.0
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -89,13 +99,19 @@ def _grid(h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return u.view(1, 1, 1, w), v.view(1, 1, h, 1)
 
 
+CANON_AXES = (0.87, 0.49)  # principal and minor spread over the radius of gyration: medians over training digits
+
+
 @torch.no_grad()
-def canonical_affine(x: torch.Tensor) -> torch.Tensor:
+def canonical_affine(x: torch.Tensor, smooth: float = 0.0, aniso: float = 0.0) -> torch.Tensor:
     """(B, 1, H, W) in [-1, 1] -> (B, 2, 3) affine maps from the canonical frame to the image (grid
     coordinates, for F.affine_grid), computed from the intensity moments: centroid to the centre,
     principal axis upright, radius of gyration fixed, heavier end down (the third moment along the
-    axis settles its 180-degree ambiguity)."""
+    axis settles its 180-degree ambiguity). `smooth` and `aniso`: DecoderConfig.canonical_smooth and
+    canonical_aniso."""
     _, _, h, w = x.shape
+    if smooth > 0:
+        x = _blur01(x, torch.full((len(x),), float(smooth), dtype=x.dtype))
     m = (((x + 1) / 2 - CANON_FLOOR) / (1 - CANON_FLOOR)).clamp(0, 1)
     u, v = _grid(h, w, x)
     mass = m.sum((1, 2, 3)).clamp(min=1e-6)
@@ -108,8 +124,16 @@ def canonical_affine(x: torch.Tensor) -> torch.Tensor:
     scale = (mu20 + mu02).clamp(min=1e-6).sqrt() / CANON_RADIUS
     along = du * torch.cos(theta).view(-1, 1, 1, 1) + dv * torch.sin(theta).view(-1, 1, 1, 1)
     flip = torch.where((m * along ** 3).sum((1, 2, 3)) < 0, -1.0, 1.0)
-    cs, sn = flip * scale * torch.cos(phi), flip * scale * torch.sin(phi)
-    return torch.stack([torch.stack([cs, -sn, cx], 1), torch.stack([sn, cs, cy], 1)], 1)
+    su = sv = flip * scale  # the canonical u axis goes onto the minor axis, v onto the principal one
+    if aniso > 0:
+        spread = 0.5 * (mu20 - mu02).hypot(2 * mu11)
+        major = (0.5 * (mu20 + mu02) + spread).clamp(min=1e-8).sqrt()
+        minor = (0.5 * (mu20 + mu02) - spread).clamp(min=1e-8).sqrt()
+        radius = (mu20 + mu02).clamp(min=1e-6).sqrt()
+        su = su * (minor / radius / CANON_AXES[1]).clamp(0.5, 2.0) ** aniso
+        sv = sv * (major / radius / CANON_AXES[0]).clamp(0.5, 2.0) ** aniso
+    c, s = torch.cos(phi), torch.sin(phi)
+    return torch.stack([torch.stack([c * su, -s * sv, cx], 1), torch.stack([s * su, c * sv, cy], 1)], 1)
 
 
 def invert_affine(a: torch.Tensor) -> torch.Tensor:
@@ -124,10 +148,10 @@ def warp(x: torch.Tensor, a: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
     return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
 
-def canonicalise(x: torch.Tensor) -> torch.Tensor:
+def canonicalise(x: torch.Tensor, smooth: float = 0.0, aniso: float = 0.0) -> torch.Tensor:
     """(B, 1, H, W) in [-1, 1] -> the same digits moved to their canonical frame (canonical_affine).
     The frame is computed without gradient; the resampling passes gradients to the pixels."""
-    return warp(x, canonical_affine(x))
+    return warp(x, canonical_affine(x, smooth, aniso))
 
 
 class MessageDecoder(nn.Module):
@@ -148,7 +172,7 @@ class MessageDecoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = normalise(x)
         if self.config.canonical:
-            x = canonicalise(x)
+            x = canonicalise(x, self.config.canonical_smooth, self.config.canonical_aniso)
         h = self.features(x)
         return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
 
@@ -193,7 +217,8 @@ class MessageEncoder(nn.Module):
                 stroke_ceiling: float | None = None, dilate_grid: int | None = None) -> torch.Tensor:
         """With a canonical decoder the residual is made in the digit's canonical frame and warped back, so
         encoder and decoder agree on where the mark sits whatever the digit's pose."""
-        a = canonical_affine(normalise(x)) if self.config.canonical else None
+        a = (canonical_affine(normalise(x), self.config.canonical_smooth, self.config.canonical_aniso)
+             if self.config.canonical else None)
         xc = warp(x, a) if a is not None else x
         m = self.msg(2 * bits.float() - 1).view(-1, 16, 7, 7)
         m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -232,15 +257,22 @@ def _blur01(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.transpose(0, 1)
 
 
-def _affine01(x: torch.Tensor, gen: torch.Generator, max_angle: float, min_area: float) -> torch.Tensor:
+def _affine01(x: torch.Tensor, gen: torch.Generator, max_angle: float, min_area: float,
+              max_aspect: float = 1.0) -> torch.Tensor:
     """Rotation by U(-max_angle, max_angle) and a random crop of U(min_area, 1) of the area at a random
-    place, resized back (one bilinear resampling; uncovered corners black)."""
+    place, with its width:height log-uniform in [1/max_aspect, max_aspect] (torchvision's
+    RandomResizedCrop: 4/3), resized back (one bilinear resampling; uncovered corners black)."""
     b = len(x)
     a = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(max_angle)
     s = (min_area + (1 - min_area) * torch.rand(b, generator=gen)).sqrt()
-    tx, ty = ((torch.rand(2, b, generator=gen) * 2 - 1) * (1 - s))
-    theta = torch.stack([torch.stack([s * a.cos(), -s * a.sin(), tx], 1),
-                         torch.stack([s * a.sin(), s * a.cos(), ty], 1)], 1)
+    sx = sy = s
+    if max_aspect != 1.0:  # no draw otherwise, so isotropic runs keep their random stream
+        r = torch.exp((torch.rand(b, generator=gen) * 2 - 1) * math.log(max_aspect)).sqrt()
+        sx, sy = (s * r).clamp(max=1.0), (s / r).clamp(max=1.0)
+    u = torch.rand(2, b, generator=gen) * 2 - 1
+    tx, ty = u[0] * (1 - sx), u[1] * (1 - sy)
+    theta = torch.stack([torch.stack([sx * a.cos(), -sy * a.sin(), tx], 1),
+                         torch.stack([sx * a.sin(), sy * a.cos(), ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -249,11 +281,13 @@ ATTACK_NAMES = ("identity", "rotate", "crop", "rotate+crop", "blur", "noise", "b
                 "jpeg")
 
 
-def attack_layer(x: torch.Tensor, gen: torch.Generator, identity_share: float = 0.15) -> torch.Tensor:
+def attack_layer(x: torch.Tensor, gen: torch.Generator, identity_share: float = 0.15,
+                 max_aspect: float = 1.0) -> torch.Tensor:
     """One random attack per image of a (B, 1, H, W) batch in [-1, 1], applied to its 8-bit version,
     as the robustness suite does (watermark.attacks) but with random strengths over wider ranges:
     rotation up to +-90 degrees, crops of 0.6-1 of the area, blur sigma 0.3-1.5, noise 0-0.15,
-    brightness x U[0, 6] with clamping, resize 0.4-0.8 and back, median 3, JPEG 20-90."""
+    brightness x U[0, 6] with clamping, resize 0.4-0.8 and back, median 3, JPEG 20-90. The crops' aspect
+    ratio varies up to `max_aspect` (1: square crops, as the bundled decoder was trained)."""
     b = len(x)
     x = (x + 1) / 2
     x = _st(x, (x * 255).round() / 255)
@@ -268,9 +302,9 @@ def attack_layer(x: torch.Tensor, gen: torch.Generator, identity_share: float = 
         if name == "rotate":
             y = _affine01(xi, gen, 90.0, 1.0)
         elif name == "crop":
-            y = _affine01(xi, gen, 0.0, 0.6)
+            y = _affine01(xi, gen, 0.0, 0.6, max_aspect)
         elif name == "rotate+crop":
-            y = _affine01(xi, gen, 90.0, 0.6)
+            y = _affine01(xi, gen, 90.0, 0.6, max_aspect)
         elif name == "blur":
             y = _blur01(xi, 0.3 + 1.2 * torch.rand(n, generator=gen))
         elif name == "noise":
@@ -319,7 +353,7 @@ def train_decoder(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), dcfg: D
         # ramp in over the first 10-40 % of the run, after the pair has found a code on clean images
         ramp = min(1.0, max(0.0, (step / cfg.steps - 0.1) / 0.3))
         marked = enc(x.to(device), bits.to(device), cfg.strength, cfg.stroke_level, cfg.stroke_ceiling, cfg.dilate_grid)
-        attacked = attack_layer(marked.cpu(), gen, 1 - ramp * (1 - cfg.identity_share)).to(device)
+        attacked = attack_layer(marked.cpu(), gen, 1 - ramp * (1 - cfg.identity_share), cfg.crop_aspect).to(device)
         logits = dec(attacked)
         target = 1.0 - bits.float().to(device)  # positive logit = bit 0
         loss_msg = F.binary_cross_entropy_with_logits(logits, target)
@@ -415,13 +449,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bits", type=int, default=DecoderConfig.bits)
     p.add_argument("--width", type=int, default=DecoderConfig.width)
     p.add_argument("--canonical", type=int, default=1, help="moment normalisation before the CNN (1, the default) or not (0)")
+    p.add_argument("--canonical-smooth", type=float, default=DecoderConfig.canonical_smooth,
+                   help="blur (sigma, pixels) of the copy the frame's moments are taken on")
+    p.add_argument("--canonical-aniso", type=float, default=DecoderConfig.canonical_aniso,
+                   help="share of the per-axis scale correction (0: similarity frame, 1: affine)")
     a = vars(p.parse_args(argv))
     out = a.pop("out")
     if a["combine"]:
         combine_decoders(a["combine"], out)
         return 0
     a.pop("combine")
-    dcfg = DecoderConfig(bits=a.pop("bits"), width=a.pop("width"), canonical=bool(a.pop("canonical")))
+    dcfg = DecoderConfig(bits=a.pop("bits"), width=a.pop("width"), canonical=bool(a.pop("canonical")),
+                         canonical_smooth=a.pop("canonical_smooth"), canonical_aniso=a.pop("canonical_aniso"))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     train_decoder(out, TrainConfig(**a), dcfg, log=lambda s: print(s, flush=True))
     return 0
