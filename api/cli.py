@@ -42,7 +42,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from generator.train import Trainer
 
     if a.resume:
-        trainer = Trainer.resume(a.out, max_steps=a.steps)
+        trainer = Trainer.resume(a.out, max_steps=a.steps, max_minutes=a.max_minutes)
     else:
         if (Path(a.out) / "config.json").exists():
             raise GuardError(f"{a.out} already holds a run; pass --resume to continue it or choose another --out")

@@ -104,13 +104,18 @@ class Trainer:
 
     @classmethod
     def resume(cls, out_dir: str | Path, device: torch.device | str | None = None,
-               max_steps: int | None = None, log: Callable[[str], None] | None = None) -> "Trainer":
+               max_steps: int | None = None, log: Callable[[str], None] | None = None,
+               max_minutes: float | None = None) -> "Trainer":
+        """The run in `out_dir`, at its last checkpoint. `max_steps` and `max_minutes`, when given, replace the
+        stored limits (a resumed run's wall-time budget counts from the resume)."""
         cfg = read_config(out_dir)
         if "train" not in cfg:
             raise GuardError(f"{out_dir}: holds no training run to resume")
         train = config_from_dict(TrainConfig, cfg["train"])
         if max_steps is not None:
             train.max_steps = max_steps
+        if max_minutes is not None:
+            train.max_minutes = max_minutes
         self = cls(out_dir, config_from_dict(UNetConfig, cfg["unet"]),
                    config_from_dict(DiffusionConfig, cfg["diffusion"]), train, device, log)
         self._load_state(cfg.get("step"))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from generator.checkpoint import STATE_NAME, load_model
+from generator.checkpoint import STATE_NAME, load_model, read_config
 from generator.config import DiffusionConfig
 from generator.data import Dataset
 from generator.errors import GuardError
@@ -50,6 +50,18 @@ def test_resume_continues_exactly(tmp_path, digits):
     a, b = _weights(straight), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(straight.ema.shadow[k], resumed.ema.shadow[k]) for k in a)
+
+
+def test_resume_takes_new_step_and_time_limits(tmp_path, digits):
+    """`train --resume --steps N --max-minutes M` replaces the stored limits; without them the stored ones hold."""
+    Trainer(tmp_path, tiny_unet(), DiffusionConfig(), tiny_train(max_steps=2, max_minutes=50.0), device="cpu").fit(
+        digits, progress=False)
+    kept = Trainer.resume(tmp_path, device="cpu")
+    assert (kept.cfg.max_steps, kept.cfg.max_minutes) == (2, 50.0)
+    new = Trainer.resume(tmp_path, device="cpu", max_steps=4, max_minutes=0.0)
+    assert (new.cfg.max_steps, new.cfg.max_minutes) == (4, 0.0)
+    new.fit(digits, progress=False)  # no time left: one step, a checkpoint, and stop
+    assert new.step == 3 and read_config(tmp_path)["step"] == 3
 
 
 def test_checkpoint_save_load_roundtrip(tmp_path, digits):
