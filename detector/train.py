@@ -167,12 +167,13 @@ def recalibrate(det: Detector, *, families: list[Family], reals: list[str] | Non
     """The calibration step of `fit_detector` again, on a trained detector and the same sources and seed: Platt,
     the single threshold, the edit router and the edit expert refitted on the same splits (the same families in
     the same order give the same Platt and single threshold), and the out-of-domain score refitted on the same
-    splits. The network, the zero-shot fusion and the training record are kept."""
-    real_tr, real_cal, fam_tr, fam_cal, _ = gather(det.config, families, reals, seed, cache, log)
+    splits. The network, the zero-shot fusion and the training record are kept; the families (and their sampler
+    settings) this calibration used are recorded as `calibration_families`, beside the network's `train.families`."""
+    real_tr, real_cal, fam_tr, fam_cal, sources = gather(det.config, families, reals, seed, cache, log)
     cal = fit_calibration(det.net, real_tr, torch.cat(list(fam_tr.values())), real_cal, torch.cat(list(fam_cal.values())),
                           seed=seed, route=route, experts=experts, log=log)
-    return Detector(det.net, cal.platt, cal.threshold, det.fusion, det.fusion_threshold, {**det.meta, **cal.meta},
-                    cal.domain_score, cal.router, cal.expert)
+    return Detector(det.net, cal.platt, cal.threshold, det.fusion, det.fusion_threshold,
+                    {**det.meta, **cal.meta, "calibration_families": sources}, cal.domain_score, cal.router, cal.expert)
 
 
 def fit_calibration(net: DetectorNet, real_tr: torch.Tensor, fake_tr: torch.Tensor, real_cal: torch.Tensor,

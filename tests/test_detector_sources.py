@@ -376,6 +376,12 @@ def test_train_and_eval_commands_on_folders(tmp_path):
     assert rep["out_of_domain"]["photographs"]["flagged"] == 1.0
     assert 0 <= rep["reliability"]["ece"] <= 1
     assert (tmp_path / "ev" / "detector_reliability.png").exists()
+    # calibrate on one family only: the network's training record stays, the calibration's own families are recorded
+    r = _cli("detector", "calibrate", "--detector", str(out), "--out", str(tmp_path / "recal"), "--real",
+             f"folder:{tmp_path / 'real'}", "--fake", f"folder:{tmp_path / 'chk'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recal = json.loads((tmp_path / "recal" / "config.json").read_text())
+    assert set(recal["calibration_families"]) == {"chk"} and set(recal["train"]["families"]) == {"chk", "chk_t"}
     r = _cli("detector", "train", "--out", str(tmp_path / "d2"), "--fake", f"folder:{tmp_path / 'nope'}")
     assert r.returncode == 2 and "no such folder" in r.stderr and "Traceback" not in r.stderr
 

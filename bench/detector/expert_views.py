@@ -15,10 +15,12 @@ each variant adds one view, computed from the same floored, fitted image:
 - coarse: the stroke statistics of the 2x2-mean-pooled image (14x14), which a blur or a resize changes little;
 - profile: the level histogram of the stroke's rim (stroke pixels next to background) against its interior.
 Generator folders given after the views are extra fake families for training: the baseline and all views are
-fitted again with them (held out together with the bundled DDPM, which the distilled students come from).
+fitted again with them. A distilled student (its config.json has "distill") is held out together with the
+bundled DDPM it comes from; an independent generator stays in training for every fold.
 """
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -85,9 +87,11 @@ def main() -> None:
     det = load_detector(None, device="cpu")
     real_tr, real_cal, fam_tr, fam_cal, _ = gather(det.config, [parse_generator(s) for s in FAMILIES], None, 0,
                                                    FAKE_CACHE)
-    extra_tr = {}
+    extra_tr, students = {}, set()
     if extra:
         _, _, extra_tr, _, _ = gather(det.config, [parse_generator(s) for s in extra], None, 0, FAKE_CACHE)
+        students = {name for name, path in zip(extra_tr, extra)
+                    if "distill" in json.loads((Path(path) / "config.json").read_text())}
         variants |= {f"{name} + extra families": views + ["+extra"] for name, views in variants.items()
                      if name in ("baseline", "all")}
     all_views = sorted(set(sum(variants.values(), [])) - {"+extra"})
@@ -126,9 +130,9 @@ def main() -> None:
         rows = {}
         use_extra, views = "+extra" in views, [v for v in views if v != "+extra"]
         for held in fam_cal:
-            # the extra families are distilled from the bundled DDPM: held out with it
+            # a distilled student is held out with the bundled DDPM it comes from
             ff = np.concatenate([ff_all[k] for k in ff_all if k != held and (k in fam_tr or (
-                use_extra and held != "ddpm-bundled"))])
+                use_extra and not (k in students and held == "ddpm-bundled")))])
             x = np.concatenate([pick(fr_all, views), pick(ff, views)])
             y = np.r_[np.zeros(len(fr_all)), np.ones(len(ff))]
             judge = TreeEnsemble.fit(x, y).logit
