@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -27,6 +28,17 @@ def _int_at_least(lo: int):
 
 
 _positive_int, _nonnegative_int = _int_at_least(1), _int_at_least(0)
+
+
+def _nonnegative_float(s: str) -> float:
+    """An argparse type: a finite number >= 0 (a time budget), refused with one clear message otherwise."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {s}")
+    return v
 
 
 def _folder(s: str) -> Path:
@@ -553,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 only where the CPU or GPU runs it natively (default bf16, as the bundled model)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=_positive_int, default=1000)
-    t.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this wall time")
+    t.add_argument("--max-minutes", type=_nonnegative_float, default=None,
+                   help="stop with a checkpoint after this wall time")
     t.add_argument("--image-size", type=_positive_int, default=None, help="resize the data (default: 28)")
     t.add_argument("--channels", type=int, choices=[1, 3], default=None)
     t.add_argument("--base-channels", type=_positive_int, default=64)

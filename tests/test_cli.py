@@ -60,6 +60,9 @@ def test_train_refuses_to_overwrite_a_run(tmp_path):
 def test_negative_counts_are_refused(tmp_path):
     r = run("watermark", "eval", "--key", str(tmp_path / "k"), "--fid-seeds", "-1")
     assert r.returncode == 2 and "must be at least 0" in r.stderr and "Traceback" not in r.stderr
+    for budget in ("-3", "nan"):  # a time budget that would stop training after one step, or never compare
+        r = run("train", "--data", "digits", "--out", str(tmp_path / "run"), "--max-minutes", budget)
+        assert r.returncode == 2 and "finite number >= 0" in r.stderr and not (tmp_path / "run").exists()
 
 
 @pytest.fixture(scope="module")
