@@ -90,6 +90,14 @@ def test_attack_layer_crops_take_an_aspect_ratio_only_when_asked():
     assert spread_ratio(oblong).max() > 0.3 and spread_ratio(oblong).max() < 2 * np.log(4 / 3) + 0.05
 
 
+def test_decoder_training_refuses_a_crop_aspect_below_one(tmp_path, capsys):
+    from watermark.decoder import main
+
+    assert main(["--out", str(tmp_path / "d"), "--steps", "1", "--crop-aspect", "0"]) == 2
+    assert "crop_aspect" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert main(["--out", str(tmp_path / "d"), "--steps", "1", "--canonical-aniso", "-1"]) == 2
+
+
 def test_codeword_depends_on_key_and_payload_and_looks_random():
     a, b, c = codeword(KEY, 5), codeword(KEY, 6), codeword(OTHER, 5)
     assert a.shape == (72,) and set(a.tolist()) <= {1.0, -1.0}

@@ -334,6 +334,10 @@ def train_decoder(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), dcfg: D
     from generator.data import load_dataset
     from safetensors.torch import save_file
 
+    if not cfg.crop_aspect >= 1.0:
+        raise GuardError(f"crop_aspect is a largest width:height, at least 1; got {cfg.crop_aspect}")
+    if not (dcfg.canonical_smooth >= 0 and 0 <= dcfg.canonical_aniso <= 1):
+        raise GuardError("canonical_smooth must be >= 0 and canonical_aniso in [0, 1]")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = default_device()
@@ -462,7 +466,11 @@ def main(argv: list[str] | None = None) -> int:
     dcfg = DecoderConfig(bits=a.pop("bits"), width=a.pop("width"), canonical=bool(a.pop("canonical")),
                          canonical_smooth=a.pop("canonical_smooth"), canonical_aniso=a.pop("canonical_aniso"))
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    train_decoder(out, TrainConfig(**a), dcfg, log=lambda s: print(s, flush=True))
+    try:
+        train_decoder(out, TrainConfig(**a), dcfg, log=lambda s: print(s, flush=True))
+    except GuardError as e:
+        print(f"python -m watermark.decoder: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
