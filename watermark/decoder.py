@@ -49,6 +49,10 @@ class DecoderConfig:
     # in between: that share of the per-axis correction, as a power
     canonical_aniso: float = 0.0
 
+    def __post_init__(self):
+        if not (self.canonical_smooth >= 0 and 0 <= self.canonical_aniso <= 1):
+            raise GuardError("canonical_smooth must be >= 0 and canonical_aniso in [0, 1]")
+
 
 @dataclass
 class TrainConfig:
@@ -75,6 +79,10 @@ class TrainConfig:
     # the training crops' largest width:height (and its inverse); 4/3 is torchvision's RandomResizedCrop.
     # 1 (square crops) is how the bundled decoder was trained
     crop_aspect: float = 1.0
+
+    def __post_init__(self):
+        if not self.crop_aspect >= 1.0:
+            raise GuardError(f"crop_aspect is a largest width:height, at least 1; got {self.crop_aspect}")
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +129,8 @@ def canonical_affine(x: torch.Tensor, smooth: float = 0.0, aniso: float = 0.0) -
     mu11 = (m * du * dv).sum((1, 2, 3)) / mass
     theta = 0.5 * torch.atan2(2 * mu11, mu20 - mu02)  # the principal axis' angle from the u axis
     phi = theta - math.pi / 2  # rotates the canonical vertical onto the principal axis
-    scale = (mu20 + mu02).clamp(min=1e-6).sqrt() / CANON_RADIUS
+    radius = (mu20 + mu02).clamp(min=1e-6).sqrt()
+    scale = radius / CANON_RADIUS
     along = du * torch.cos(theta).view(-1, 1, 1, 1) + dv * torch.sin(theta).view(-1, 1, 1, 1)
     flip = torch.where((m * along ** 3).sum((1, 2, 3)) < 0, -1.0, 1.0)
     su = sv = flip * scale  # the canonical u axis goes onto the minor axis, v onto the principal one
@@ -129,7 +138,6 @@ def canonical_affine(x: torch.Tensor, smooth: float = 0.0, aniso: float = 0.0) -
         spread = 0.5 * (mu20 - mu02).hypot(2 * mu11)
         major = (0.5 * (mu20 + mu02) + spread).clamp(min=1e-8).sqrt()
         minor = (0.5 * (mu20 + mu02) - spread).clamp(min=1e-8).sqrt()
-        radius = (mu20 + mu02).clamp(min=1e-6).sqrt()
         su = su * (minor / radius / CANON_AXES[1]).clamp(0.5, 2.0) ** aniso
         sv = sv * (major / radius / CANON_AXES[0]).clamp(0.5, 2.0) ** aniso
     c, s = torch.cos(phi), torch.sin(phi)
@@ -334,10 +342,6 @@ def train_decoder(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), dcfg: D
     from generator.data import load_dataset
     from safetensors.torch import save_file
 
-    if not cfg.crop_aspect >= 1.0:
-        raise GuardError(f"crop_aspect is a largest width:height, at least 1; got {cfg.crop_aspect}")
-    if not (dcfg.canonical_smooth >= 0 and 0 <= dcfg.canonical_aniso <= 1):
-        raise GuardError("canonical_smooth must be >= 0 and canonical_aniso in [0, 1]")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = default_device()
@@ -463,10 +467,10 @@ def main(argv: list[str] | None = None) -> int:
         combine_decoders(a["combine"], out)
         return 0
     a.pop("combine")
-    dcfg = DecoderConfig(bits=a.pop("bits"), width=a.pop("width"), canonical=bool(a.pop("canonical")),
-                         canonical_smooth=a.pop("canonical_smooth"), canonical_aniso=a.pop("canonical_aniso"))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
+        dcfg = DecoderConfig(bits=a.pop("bits"), width=a.pop("width"), canonical=bool(a.pop("canonical")),
+                             canonical_smooth=a.pop("canonical_smooth"), canonical_aniso=a.pop("canonical_aniso"))
         train_decoder(out, TrainConfig(**a), dcfg, log=lambda s: print(s, flush=True))
     except GuardError as e:
         print(f"python -m watermark.decoder: error: {e}", file=sys.stderr)
