@@ -70,6 +70,29 @@ def test_affine_frame_undoes_a_stretch_that_the_similarity_frame_keeps():
     assert (canonicalise(r, 1.0, 1.0) - canonicalise(x, 1.0, 1.0)).abs().mean() < 0.5 * (r - x).abs().mean()
 
 
+def test_frame_without_size_normalisation_keeps_a_zoom_and_still_undoes_rotation():
+    """canonical_scale 0: a digit zoomed x1.25 stays larger in the canonical frame (size 1 brings both to one
+    radius), and a rotation is undone as by the bundled frame."""
+    import torch.nn.functional as F
+
+    from generator.data import load_dataset
+    from watermark.decoder import canonicalise
+
+    x = load_dataset("mnist5k", "heldout").images[::20]
+    theta = torch.tensor([[0.8, 0.0, 0.0], [0.0, 0.8, 0.0]]).expand(len(x), 2, 3)  # a x1.25 zoom
+    zoomed = F.grid_sample(x + 1, F.affine_grid(theta, list(x.shape), align_corners=False),
+                           align_corners=False) - 1
+
+    def ink(y):
+        return (y + 1).sum((1, 2, 3))
+
+    ratio = {s: (ink(canonicalise(zoomed, 0.0, 0.0, s)) / ink(canonicalise(x, 0.0, 0.0, s))).median()
+             for s in (0.0, 1.0)}
+    assert abs(ratio[1.0] - 1) < 0.1 and ratio[0.0] > 1.4  # area grows 1.25^2 without the size step
+    r = rotate(x, 75)
+    assert (canonicalise(r, 0.0, 0.0, 0.0) - canonicalise(x, 0.0, 0.0, 0.0)).abs().mean() < 0.5 * (r - x).abs().mean()
+
+
 def test_attack_layer_crops_take_an_aspect_ratio_only_when_asked():
     """A round blob through the crop-only branch: square crops keep it round, 4:3 crops stretch it."""
     from watermark.decoder import _affine01
@@ -96,6 +119,7 @@ def test_decoder_training_refuses_a_crop_aspect_below_one(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "d"), "--steps", "1", "--crop-aspect", "0"]) == 2
     assert "crop_aspect" in capsys.readouterr().err and not (tmp_path / "d").exists()
     assert main(["--out", str(tmp_path / "d"), "--steps", "1", "--canonical-aniso", "-1"]) == 2
+    assert main(["--out", str(tmp_path / "d"), "--steps", "1", "--canonical-scale", "2"]) == 2
 
 
 def test_codeword_depends_on_key_and_payload_and_looks_random():

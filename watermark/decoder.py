@@ -48,10 +48,19 @@ class DecoderConfig:
     # typical digit's spread (an affine frame that also undoes a stretch, as a 3:4 crop resized back makes);
     # in between: that share of the per-axis correction, as a power
     canonical_aniso: float = 0.0
+    # 1: the radius of gyration is brought to CANON_RADIUS; 0: the digit keeps its size (the frame only
+    # centres it and turns it upright), so a crop that cuts the digit, which shrinks its radius, does not
+    # rescale the mark; in between: that share of the correction, as a power
+    canonical_scale: float = 1.0
 
     def __post_init__(self):
-        if not (self.canonical_smooth >= 0 and 0 <= self.canonical_aniso <= 1):
-            raise GuardError("canonical_smooth must be >= 0 and canonical_aniso in [0, 1]")
+        if not (self.canonical_smooth >= 0 and 0 <= self.canonical_aniso <= 1 and 0 <= self.canonical_scale <= 1):
+            raise GuardError("canonical_smooth must be >= 0, canonical_aniso and canonical_scale in [0, 1]")
+
+    @property
+    def frame(self) -> tuple[float, float, float]:
+        """The arguments canonical_affine takes after the image: (smooth, aniso, scale)."""
+        return self.canonical_smooth, self.canonical_aniso, self.canonical_scale
 
 
 @dataclass
@@ -111,12 +120,13 @@ CANON_AXES = (0.87, 0.49)  # principal and minor spread over the radius of gyrat
 
 
 @torch.no_grad()
-def canonical_affine(x: torch.Tensor, smooth: float = 0.0, aniso: float = 0.0) -> torch.Tensor:
+def canonical_affine(x: torch.Tensor, smooth: float = 0.0, aniso: float = 0.0, scale_share: float = 1.0
+                     ) -> torch.Tensor:
     """(B, 1, H, W) in [-1, 1] -> (B, 2, 3) affine maps from the canonical frame to the image (grid
     coordinates, for F.affine_grid), computed from the intensity moments: centroid to the centre,
     principal axis upright, radius of gyration fixed, heavier end down (the third moment along the
-    axis settles its 180-degree ambiguity). `smooth` and `aniso`: DecoderConfig.canonical_smooth and
-    canonical_aniso."""
+    axis settles its 180-degree ambiguity). `smooth`, `aniso` and `scale_share`: DecoderConfig.canonical_smooth,
+    canonical_aniso and canonical_scale."""
     _, _, h, w = x.shape
     if smooth > 0:
         x = _blur01(x, torch.full((len(x),), float(smooth), dtype=x.dtype))
@@ -131,6 +141,8 @@ def canonical_affine(x: torch.Tensor, smooth: float = 0.0, aniso: float = 0.0) -
     phi = theta - math.pi / 2  # rotates the canonical vertical onto the principal axis
     radius = (mu20 + mu02).clamp(min=1e-6).sqrt()
     scale = radius / CANON_RADIUS
+    if scale_share != 1.0:
+        scale = scale ** scale_share
     along = du * torch.cos(theta).view(-1, 1, 1, 1) + dv * torch.sin(theta).view(-1, 1, 1, 1)
     flip = torch.where((m * along ** 3).sum((1, 2, 3)) < 0, -1.0, 1.0)
     su = sv = flip * scale  # the canonical u axis goes onto the minor axis, v onto the principal one
@@ -156,10 +168,10 @@ def warp(x: torch.Tensor, a: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
     return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
 
-def canonicalise(x: torch.Tensor, smooth: float = 0.0, aniso: float = 0.0) -> torch.Tensor:
+def canonicalise(x: torch.Tensor, smooth: float = 0.0, aniso: float = 0.0, scale_share: float = 1.0) -> torch.Tensor:
     """(B, 1, H, W) in [-1, 1] -> the same digits moved to their canonical frame (canonical_affine).
     The frame is computed without gradient; the resampling passes gradients to the pixels."""
-    return warp(x, canonical_affine(x, smooth, aniso))
+    return warp(x, canonical_affine(x, smooth, aniso, scale_share))
 
 
 class MessageDecoder(nn.Module):
@@ -180,7 +192,7 @@ class MessageDecoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = normalise(x)
         if self.config.canonical:
-            x = canonicalise(x, self.config.canonical_smooth, self.config.canonical_aniso)
+            x = canonicalise(x, *self.config.frame)
         h = self.features(x)
         return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
 
@@ -225,7 +237,7 @@ class MessageEncoder(nn.Module):
                 stroke_ceiling: float | None = None, dilate_grid: int | None = None) -> torch.Tensor:
         """With a canonical decoder the residual is made in the digit's canonical frame and warped back, so
         encoder and decoder agree on where the mark sits whatever the digit's pose."""
-        a = (canonical_affine(normalise(x), self.config.canonical_smooth, self.config.canonical_aniso)
+        a = (canonical_affine(normalise(x), *self.config.frame)
              if self.config.canonical else None)
         xc = warp(x, a) if a is not None else x
         m = self.msg(2 * bits.float() - 1).view(-1, 16, 7, 7)
@@ -461,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="blur (sigma, pixels) of the copy the frame's moments are taken on")
     p.add_argument("--canonical-aniso", type=float, default=DecoderConfig.canonical_aniso,
                    help="share of the per-axis scale correction (0: similarity frame, 1: affine)")
+    p.add_argument("--canonical-scale", type=float, default=DecoderConfig.canonical_scale,
+                   help="share of the size normalisation (1: radius of gyration fixed, 0: the digit keeps its size)")
     a = vars(p.parse_args(argv))
     out = a.pop("out")
     if a["combine"]:
@@ -470,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         dcfg = DecoderConfig(bits=a.pop("bits"), width=a.pop("width"), canonical=bool(a.pop("canonical")),
-                             canonical_smooth=a.pop("canonical_smooth"), canonical_aniso=a.pop("canonical_aniso"))
+                             canonical_smooth=a.pop("canonical_smooth"), canonical_aniso=a.pop("canonical_aniso"),
+                             canonical_scale=a.pop("canonical_scale"))
         train_decoder(out, TrainConfig(**a), dcfg, log=lambda s: print(s, flush=True))
     except GuardError as e:
         print(f"python -m watermark.decoder: error: {e}", file=sys.stderr)

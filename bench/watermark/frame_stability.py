@@ -24,7 +24,8 @@ from watermark.decoder import canonical_affine, canonicalise, normalise, warp
 GEOMETRIC = ("rotate15", "rotate45", "rotate75", "crop0.75", "resize0.5")
 
 VARIANTS = {"similarity (bundled)": (0.0, 0.0), "smoothed moments": (1.0, 0.0), "affine": (0.0, 1.0),
-            "smoothed + half affine": (1.0, 0.5), "smoothed + affine": (1.0, 1.0)}
+            "smoothed + half affine": (1.0, 0.5), "smoothed + affine": (1.0, 1.0),
+            "no size normalisation": (0.0, 0.0, 0.0), "smoothed, no size normalisation": (1.0, 0.0, 0.0)}
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     torch.set_num_threads(1)
     x = load_dataset("mnist5k", "heldout").images[:a.n]
     xn = normalise(x)
-    clean = {v: canonicalise(xn, smooth, aniso) for v, (smooth, aniso) in VARIANTS.items()}  # each frame's reference
+    clean = {v: canonicalise(xn, *frame) for v, frame in VARIANTS.items()}  # each frame's reference
     out = {}
     for name, attack in ATTACKS.items():
         if name == "clean":
@@ -43,11 +44,11 @@ def main() -> None:
         y = attack(x, torch.Generator().manual_seed(a.seed))
         y = torch.round((y + 1) * 127.5) / 127.5 - 1  # saved as 8-bit
         yn, row = normalise(y), {}
-        for v, (smooth, aniso) in VARIANTS.items():
+        for v, frame in VARIANTS.items():
             if name in GEOMETRIC:
-                c1 = canonicalise(yn, smooth, aniso)
+                c1 = canonicalise(yn, *frame)
             else:
-                c1 = warp(xn, canonical_affine(yn, smooth, aniso))
+                c1 = warp(xn, canonical_affine(yn, *frame))
             row[v] = round(float((c1 - clean[v]).abs().mean() / 2), 4)
         out[name] = row
     out["mean over the six Tree-Ring attacks"] = {
