@@ -13,7 +13,10 @@ each variant adds one view, computed from the same floored, fitted image:
 - moments: intensity moments of the stroke (centroid offset, second and third central moments, mass): a
   symmetric blur keeps the centroid and adds a known amount to the second moments;
 - coarse: the stroke statistics of the 2x2-mean-pooled image (14x14), which a blur or a resize changes little;
-- profile: the level histogram of the stroke's rim (stroke pixels next to background) against its interior.
+- profile: the level histogram of the stroke's rim (stroke pixels next to background) against its interior;
+- elbo: evidence of another kind, a DDPM's noise-prediction error on the floored image at t = 50, 150, 400
+  (its ELBO terms; over the image, the stroke and the background). The scorer is ddpm-d, which no fold holds
+  out and the baseline does not train on. Not in the default list (it costs about 10 minutes): name it.
 Generator folders given after the views are extra fake families for training: the baseline and all views are
 fitted again with them. A distilled student (its config.json has "distill") is held out together with the
 bundled DDPM it comes from; an independent generator stays in training for every fold.
@@ -34,6 +37,7 @@ from detector.stats import stroke_statistics
 from detector.train import EXPERT_EDITS, FAKE_CACHE, gather
 from loo_common import FAMILIES, TESTS, auc
 from detector.data import perturb_for_calibration
+from generator.checkpoint import load_model
 from generator.perturb import gaussian_blur
 
 
@@ -77,11 +81,42 @@ def view_profile(fitted):
     return torch.cat(out, 1).numpy()
 
 
-VIEWS = {"sharpen": view_sharpen, "moments": view_moments, "coarse": view_coarse, "profile": view_profile}
+ELBO_MODEL = "detector/weights/families/ddpm-d"  # the scorer: no fold holds it out, the eval never uses it
+ELBO_TS = (50, 150, 400)
+_elbo = {}
+
+
+@torch.inference_mode()
+def view_elbo(fitted):
+    """Another kind of evidence: how well a DDPM (ddpm-d, null class) predicts the noise added to the floored
+    image at a few t (the terms of its ELBO). Per t: log mean squared error over the whole image, the stroke
+    and the background. Fixed noise (seed 0), the same for every call."""
+    if not _elbo:
+        _elbo["model"], _elbo["schedule"], _ = load_model(ELBO_MODEL, device="cpu")
+    model, schedule = _elbo["model"], _elbo["schedule"]
+    v = stroke_levels(fitted)
+    x0, stroke = v / 127.5 - 1, (v > 0).float()
+    g = torch.Generator().manual_seed(0)
+    feats = []
+    for t in ELBO_TS:
+        out = []
+        for i in range(0, len(x0), 1024):
+            xb = x0[i:i + 1024]
+            eps = torch.randn(xb.shape, generator=g)
+            tt = torch.full((len(xb),), t, dtype=torch.long)
+            out.append((model(schedule.add_noise(xb, eps, tt).float(), tt, None) - eps) ** 2)
+        err = torch.cat(out)
+        for mask in (torch.ones_like(stroke), stroke, 1 - stroke):
+            feats.append(torch.log((err * mask).sum((1, 2, 3)) / mask.sum((1, 2, 3)).clamp(min=1) + 1e-6))
+    return torch.stack(feats, 1).numpy()
+
+
+VIEWS = {"sharpen": view_sharpen, "moments": view_moments, "coarse": view_coarse, "profile": view_profile,
+         "elbo": view_elbo}
 
 
 def main() -> None:
-    wanted = [a for a in sys.argv[1:] if a in VIEWS] if len(sys.argv) > 1 else list(VIEWS)
+    wanted = [a for a in sys.argv[1:] if a in VIEWS] if len(sys.argv) > 1 else [v for v in VIEWS if v != "elbo"]
     extra = [a for a in sys.argv[1:] if a not in VIEWS]  # further generator folders: extra training fakes
     variants = {"baseline": []} | {v: [v] for v in wanted} | ({"all": wanted} if len(wanted) > 1 else {})
     det = load_detector(None, device="cpu")
