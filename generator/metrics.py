@@ -1,11 +1,17 @@
 """Sample-quality metrics on feature vectors: FID, unbiased KID, precision/recall (k-NN manifolds),
-and a memorization ratio test. Pure functions of arrays; the feature network is generator.classifier.
+a memorization ratio test, and the PSNR between image batches. Pure functions of arrays; the feature network is generator.classifier.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over images of the PSNR (dB) between two (B, ...) batches in [-1, 1] (peak: the [0, 1] range)."""
+    mse = ((a - b) / 2).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+    return float((10 * torch.log10(1 / mse)).mean())
+
 
 MEMORIZATION_RATIO = 1 / 3  # Carlini et al. 2023: nearest neighbour 3x closer than the next one
 

@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from generator.data import load_dataset
 from generator.image_io import quantize
+from generator.metrics import psnr_db
 from generator.pipeline import generate
 from watermark.attacks import ATTACKS, TREE_RING_SIX
 from watermark.detect import verify
@@ -172,7 +173,6 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     t0 = time.time()
     guided_small, _ = generate(model, schedule, psnr_n, seed=seed, x0_hook=make_hook(key, payload, psnr_n, scheme, decoder, seed), **kw)
     t_guided = time.time() - t0
-    mse = ((quantize(guided_small) - quantize(plain_small)) / 2).pow(2).flatten(1).mean(1)
     marked, labels = generate_watermarked(model, schedule, key, payload, n, seed=seed, guided=scheme, decoder=decoder, **kw)
     marked = quantize(marked)
     per = -(-n // len(others_keys))
@@ -186,7 +186,7 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
                     "n_negative": {"real": len(held), "unmarked": len(unmarked), "other_key": n,
                                    "other_keys": len(others_keys)},
                     "guided_cost_ratio": t_guided / t_plain,
-                    "psnr_db_guided_vs_same_seed": float((10 * torch.log10(1 / mse.clamp(min=1e-10))).mean()),
+                    "psnr_db_guided_vs_same_seed": psnr_db(quantize(guided_small), quantize(plain_small)),
                     "class_accuracy_marked": float((predict(net, marked)[1].argmax(1) == labels).float().mean()),
                     "attacks": {}}
     log(f"cost x{report['guided_cost_ratio']:.2f}, PSNR {report['psnr_db_guided_vs_same_seed']:.1f} dB, "

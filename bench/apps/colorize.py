@@ -26,6 +26,7 @@ import torch
 from generator.checkpoint import BUNDLED_COLOR, load_model
 from generator.data import load_dataset, photo_paths
 from generator.image_io import load_image, quantize
+from generator.metrics import psnr_db
 from generator.restore import LUMA, colorize_image, finish, gray
 
 
@@ -58,10 +59,9 @@ def hist_error(out: torch.Tensor, truth: torch.Tensor, bins: int = 16) -> float:
 
 def scores(out: torch.Tensor, truth: torch.Tensor) -> dict:
     out, truth = quantize(out), quantize(truth)
-    mse = ((out - truth) / 2).pow(2).flatten(1).mean(1)
     return {"gray_error_levels": float(((luma(out) - luma(truth)).abs() * 127.5).mean()),
             "colourfulness": colourfulness(out), "colourfulness_truth": colourfulness(truth),
-            "chroma_hist_tv": hist_error(out, truth), "psnr": float((-10 * torch.log10(mse.clamp(min=1e-10))).mean())}
+            "chroma_hist_tv": hist_error(out, truth), "psnr": psnr_db(out, truth)}
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ bundled DDPM it comes from; an independent generator stays in training for every
 """
 import json
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,11 @@ def view_profile(fitted):
 
 ELBO_MODEL = "detector/weights/families/ddpm-d"  # the scorer: no fold holds it out, the eval never uses it
 ELBO_TS = (50, 150, 400)
-_elbo = {}
+
+
+@lru_cache(maxsize=1)
+def _elbo_scorer():
+    return load_model(ELBO_MODEL, device="cpu")[:2]
 
 
 @torch.inference_mode()
@@ -91,9 +96,7 @@ def view_elbo(fitted):
     """Another kind of evidence: how well a DDPM (ddpm-d, null class) predicts the noise added to the floored
     image at a few t (the terms of its ELBO). Per t: log mean squared error over the whole image, the stroke
     and the background. Fixed noise (seed 0), the same for every call."""
-    if not _elbo:
-        _elbo["model"], _elbo["schedule"], _ = load_model(ELBO_MODEL, device="cpu")
-    model, schedule = _elbo["model"], _elbo["schedule"]
+    model, schedule = _elbo_scorer()
     v = stroke_levels(fitted)
     x0, stroke = v / 127.5 - 1, (v > 0).float()
     g = torch.Generator().manual_seed(0)

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from generator.checkpoint import load_model
 from generator.data import load_dataset
 from generator.image_io import quantize
+from generator.metrics import psnr_db
 from generator.samplers import denoise_from
 from watermark.embed import generate_watermarked
 from watermark.guided import decode_logits, decoder_and_center, read_logits, verify_guided
@@ -56,6 +57,7 @@ from watermark.verify import verify_images
 
 REGEN_MODEL = "bench/detector/generators/ddpm-c"
 PAYLOAD = 0xC0FFEE42
+PARTS = {"averaging", "regeneration", "keys", "copy", "private"}
 
 
 def rates(rows: list[dict]) -> dict:
@@ -96,11 +98,6 @@ def copy_attack(host: torch.Tensor, source: torch.Tensor, weight: float, steps: 
     return quantize((host + delta.detach()).clamp(-1, 1))
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a - b) / 2).pow(2).flatten(1).mean(1).clamp(min=1e-10)
-    return float((10 * torch.log10(1 / mse)).mean())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--key-seed", type=int, default=2)
@@ -113,17 +110,18 @@ def main() -> None:
                     help="for the 'private' part: a decoder folder the attacker does not hold")
     a = ap.parse_args()
     parts = set(a.parts.split(","))
-    torch.manual_seed(a.seed)
+    if parts - PARTS:
+        ap.error(f"unknown --parts {sorted(parts - PARTS)}; choose from {sorted(PARTS)}")
+    if "private" in parts and not a.private_decoder:
+        ap.error("--parts private needs --private-decoder")
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t_start = time.time()
     key = WatermarkKey(bytes([a.key_seed]) * 32)
     model, schedule, _ = load_model(None, device="cpu")
     kw = dict(steps=50, precision="auto")
     marked, _ = generate_watermarked(model, schedule, key, PAYLOAD, a.n, seed=a.seed, guided=True, **kw)
-    xt_only, _ = generate_watermarked(model, schedule, key, PAYLOAD, a.n, seed=a.seed, guided=False, **kw)
-    marked, xt_only = quantize(marked), quantize(xt_only)
+    marked = quantize(marked)
     real = load_dataset("mnist5k", "heldout").images
-    train = load_dataset("mnist5k", "train").images
     g = torch.Generator().manual_seed(a.seed + 1)
     out: dict = {"cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                  "key_seed": a.key_seed, "n_marked": a.n, "alpha": 0.01}
@@ -132,7 +130,7 @@ def main() -> None:
     log(f"marked {out['marked']}, real {out['real']}")
 
     if "averaging" in parts:
-        averaging(out, marked, xt_only, real, train, key, model, schedule, a, g, log)
+        averaging(out, marked, real, key, model, schedule, a, g, log)
     if "regeneration" in parts:
         regeneration(out, marked, real, key, model, schedule, a, g, log)
     if "keys" in parts:
@@ -145,8 +143,11 @@ def main() -> None:
     print(json.dumps(out, indent=1))
 
 
-def averaging(out, marked, xt_only, real, train, key, model, schedule, a, g, log):
+def averaging(out, marked, real, key, model, schedule, a, g, log):
     """1. averaging forgery: the mean residual of the marked images added to every held-out real digit"""
+    xt_only = quantize(generate_watermarked(model, schedule, key, PAYLOAD, a.n, seed=a.seed, guided=False,
+                                            steps=50, precision="auto")[0])
+    train = load_dataset("mnist5k", "train").images
     public = marked.mean(0) - train[torch.randperm(len(train), generator=g)[:a.n]].mean(0)
     paired = (marked - xt_only).mean(0)
     out["averaging"] = {}
@@ -154,7 +155,7 @@ def averaging(out, marked, xt_only, real, train, key, model, schedule, a, g, log
         for s in (1, 4):
             forged = quantize(real + s * r)
             row = read(forged, key, model, schedule, a.deep_n)
-            row["psnr_db"] = psnr(forged, real)
+            row["psnr_db"] = psnr_db(forged, real)
             out["averaging"][f"{name} x{s}"] = row
             log(f"averaging {name} x{s}: {row}")
 
@@ -171,7 +172,7 @@ def regeneration(out, marked, real, key, model, schedule, a, g, log):
             x_t = regen_schedule.add_noise(x, noise, torch.full((len(x),), t)).float()
             y = quantize(denoise_from(regen_model, regen_schedule, x_t, t, steps=10))
             row[name] = read(y, key, model, schedule, a.deep_n)
-            row[name]["psnr_db"] = psnr(y, x)
+            row[name]["psnr_db"] = psnr_db(y, x)
         out["regeneration"][f"t={t}"] = row
         log(f"regeneration t={t}: {row}")
 
@@ -204,14 +205,13 @@ def copy(out, marked, host, key, model, schedule, a, attacker, log, name="copy",
     out[name] = {}
     for weight in (100, 300, 1000, 3000):
         forged = copy_attack(host, marked, weight, decoder=attacker)
+        reads = verify_guided(forged, key, decoder=verifier)  # the verifier's decoder, run once
         if verifier is None:
             row = read(forged, key, model, schedule, a.deep_n)
         else:
-            row = {"fast": {"detected": float(np.mean([r.p_value < 0.01 for r in
-                                                         verify_guided(forged, key, decoder=verifier)]))}}
-        row["psnr_db"] = psnr(forged, host)
-        row["fast_victims_payload"] = float(np.mean([r.payload == f"{PAYLOAD:08x}"
-                                                     for r in verify_guided(forged, key, decoder=verifier)]))
+            row = {"fast": {"detected": float(np.mean([r.p_value < 0.01 for r in reads]))}}
+        row["psnr_db"] = psnr_db(forged, host)
+        row["fast_victims_payload"] = float(np.mean([r.payload == f"{PAYLOAD:08x}" for r in reads]))
         out[name][f"weight {weight}"] = row
         log(f"{name} weight {weight}: {row}")
 

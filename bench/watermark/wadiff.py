@@ -35,6 +35,7 @@ from torch import nn
 from generator.checkpoint import load_model
 from generator.data import load_dataset
 from generator.image_io import quantize
+from generator.metrics import psnr_db
 from generator.pipeline import generate
 from watermark.attacks import ATTACKS
 from watermark.decoder import attack_layer
@@ -214,10 +215,9 @@ def evaluate(out: str, n: int, key_seed: int, report_path: str | None, alpha: fl
     marked, plain, unmarked, others = (quantize(v) for v in (marked, plain, unmarked, torch.cat(others)[:n]))
     held = load_dataset("mnist5k", "heldout").images
     net, ref = heldout_reference()
-    mse = ((marked - plain) / 2).pow(2).flatten(1).mean(1)
     rep = {"n": n, "key_seed": key_seed, "train": json.loads(Path(f"{out}/train.json").read_text())["weight"],
            "cpu": torch.backends.cpu.get_cpu_capability(), "cost_ratio": t_marked / t_plain,
-           "psnr_db": float((10 * torch.log10(1 / mse.clamp(min=1e-10))).mean()),
+           "psnr_db": psnr_db(marked, plain),
            "class_accuracy": float((predict(net, marked)[1].argmax(1) == labels).float().mean()), "attacks": {}}
     g = torch.Generator().manual_seed(3)
     for name in HEADLINE + ("rotate15", "rotate45", "resize0.5", "median3"):
