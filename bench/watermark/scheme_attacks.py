@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from generator.checkpoint import load_model
 from generator.data import load_dataset
+from generator.errors import GuardError
 from generator.image_io import quantize
 from generator.metrics import psnr_db
 from generator.samplers import denoise_from
@@ -114,6 +115,11 @@ def main() -> None:
         ap.error(f"unknown --parts {sorted(parts - PARTS)}; choose from {sorted(PARTS)}")
     if "private" in parts and not a.private_decoder:
         ap.error("--parts private needs --private-decoder")
+    if a.private_decoder:
+        try:  # before any sampling: a wrong folder is one message, not a traceback after minutes
+            decoder_and_center(a.private_decoder)
+        except GuardError as e:
+            ap.error(str(e))
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t_start = time.time()
     key = WatermarkKey(bytes([a.key_seed]) * 32)
