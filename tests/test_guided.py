@@ -177,6 +177,88 @@ def test_sign_max_keeps_the_member_that_reads_the_mark_and_stays_calibrated():
     assert np.allclose([r.p_value for r in read_logits(one, identity_calibration(), KEY, GuidedScheme(statistic="sign-max"))],
                        [r.p_value for r in read_logits(one, identity_calibration(), KEY, GuidedScheme(statistic="sign"))])
 
+def test_view_weights_give_a_weighted_bonferroni_test_that_keeps_the_view_reading_the_mark():
+    """A decoder read under three views: p = min over views of p_view / weight. The view that reads the mark
+    (any of them) carries the test, the payload comes from it, and under the null P(p < alpha) <= alpha."""
+    from generator.errors import GuardError
+    from watermark.guided import zero_bit_test
+
+    gen = torch.Generator().manual_seed(7)
+    cw = codeword(KEY, 0xC0FFEE42)
+    w = (0.8, 0.1, 0.1)
+    cal = Calibration(torch.zeros(216, dtype=torch.float64), torch.eye(216, dtype=torch.float64), view_weights=w)
+    assert cal.statistic == "sign-max" and identity_calibration().statistic == "sign"
+    for reading in range(3):
+        parts = [3 * torch.randn(300, 72, generator=gen) for _ in range(3)]
+        parts[reading] = 1.5 * cw[None] + 0.5 * torch.randn(300, 72, generator=gen)
+        logits = torch.cat(parts, 1)
+        r = read_logits(logits, cal, KEY)
+        assert np.mean([v.p_value < 0.01 for v in r]) > 0.95, reading
+        assert np.mean([v.payload == "c0ffee42" for v in r]) > 0.5, reading
+        # the weights are each view's share of alpha: the view reading the mark pays 1 / its weight
+        favour = [0.01, 0.01, 0.01]
+        favour[reading] = 0.98
+        other = [0.98 if c == (reading + 1) % 3 else 0.01 for c in range(3)]
+        p_fav, p_other = (zero_bit_test(logits, Calibration(cal.center, cal.sign_cov, tuple(v)), KEY)[0]
+                          for v in (favour, other))
+        assert np.allclose(p_other, np.minimum(p_fav * 0.98 / 0.01, 1.0))
+    null = torch.randn(6000, 216, generator=gen)
+    p = np.array([v.p_value for v in read_logits(null, cal, KEY)])
+    for a in (0.01, 0.05, 0.2):
+        assert (p < a).mean() < a + 4 * np.sqrt(a * (1 - a) / len(p)), a
+    with pytest.raises(GuardError, match="recalibrate"):
+        read_logits(null[:, :144], cal, KEY)
+    with pytest.raises(GuardError, match="view weights"):
+        read_logits(null, Calibration(cal.center, cal.sign_cov, (0.5, 0.5)), KEY)
+
+
+def test_squeeze_view_undoes_the_stretch_of_a_crop_with_an_aspect_ratio():
+    """Tree-Ring's crop (a 21x28 window resized back to 28x28) stretches the digit 4:3 along x; the 'sx' view
+    squeezes it back, so the digit's width and shape return (up to the cut and a sub-pixel shift)."""
+    import torch.nn.functional as F
+
+    from generator.data import load_dataset
+    from watermark.decoder import READ_VIEWS
+
+    x = load_dataset("mnist5k", "heldout").images[::50]
+    window = x[..., :, 3:24]  # every digit fits columns 3-23 of the 28
+    stretched = F.interpolate(window, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
+    back = READ_VIEWS["sx"](stretched)
+    assert back.shape == x.shape
+    err_back = (back[..., 1:-1] - x[..., 1:-1]).abs().mean()
+    assert err_back < 0.5 * (stretched - x).abs().mean(), err_back
+    tall = F.interpolate(window.transpose(2, 3), size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
+    assert (READ_VIEWS["sy"](tall).transpose(2, 3) - back).abs().max() < 1e-5  # the same map along y
+    assert torch.equal(READ_VIEWS["id"](x), x)
+
+
+def test_read_views_are_set_on_a_decoder_folder_checked_and_reloaded(tmp_path):
+    """`python -m watermark.decoder --out D --read-views id,sx --view-weights 0.7,0.3` rewrites D's record:
+    the decoder then reads every file under both views (the first copy is the plain decoder's), guidance still
+    steers the plain decoder, and the stale calibration is dropped. Bad views or weights exit 2 with a message."""
+    from watermark.decoder import ViewedDecoder, main
+
+    out = train_decoder(tmp_path / "dec", TrainConfig(steps=2, batch_size=8), DecoderConfig(bits=72, width=8),
+                        log=lambda s: None)
+    plain, _ = load_decoder(out)
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    assert main(["--out", str(out), "--read-views", "id,sx", "--view-weights", "0.7,0.3"]) == 0
+    dec, record = load_decoder(out)
+    assert isinstance(dec, ViewedDecoder) and dec.copies == 2 and record["view_weights"] == [0.7, 0.3]
+    assert "calibration" not in record
+    y = dec(x)
+    assert y.shape == (3, 144) and torch.allclose(y[:, :72], plain(x))
+    assert dec.embed.copies == 1 and torch.allclose(dec.embed(x), plain(x))
+    for views, weights in (("sx,id", "0.5,0.5"), ("id,zoom", "0.5,0.5"), ("id,sx", "0.9,0.3"), ("id,sx", "1,0")):
+        assert main(["--out", str(out), "--read-views", views, "--view-weights", weights]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(out), "--read-views", "id,sx", "--view-weights", "a,b"])
+    assert e.value.code == 2
+    assert main(["--out", str(out), "--read-views", "id"]) == 0  # back to the plain reading
+    dec, record = load_decoder(out)
+    assert not isinstance(dec, ViewedDecoder) and "read_views" not in record
+
+
 def test_guidance_moves_x0_toward_the_codeword():
     torch.manual_seed(0)
     dec = MessageDecoder(DecoderConfig(width=8)).eval().requires_grad_(False)

@@ -425,6 +425,67 @@ class DecoderEnsemble(nn.Module):
         return torch.cat([m(x) for m in self.members], 1)
 
 
+def _squeeze(x: torch.Tensor, fu: float, fv: float) -> torch.Tensor:
+    """The image shrunk about its centre by fu along x and fv along y (bilinear; the border filled black)."""
+    a = torch.tensor([[1 / fu, 0.0, 0.0], [0.0, 1 / fv, 0.0]], dtype=x.dtype).expand(len(x), 2, 3)
+    return warp(x, a)
+
+
+# inverse views a decoder can read each file under (ViewedDecoder): the file itself, and a 3:4 squeeze along x or y,
+# which undoes the stretch of a crop with an aspect ratio resized back to the full size (Tree-Ring's crop: a 21x28
+# window stretched to 28x28), a map the moment frame cannot undo (BENCHMARKS.md, "Reading each file under a few
+# inverse views")
+READ_VIEWS = {"id": lambda x: x, "sx": lambda x: _squeeze(x, 0.75, 1.0), "sy": lambda x: _squeeze(x, 1.0, 0.75)}
+
+
+class ViewedDecoder(nn.Module):
+    """One decoder read under several inverse views of the file (READ_VIEWS), each view its own copy of the
+    codeword: (B, bits * views) logits. The zero-bit test keeps the best view, each view's p-value divided by its
+    weight (a weighted Bonferroni bound, watermark.guided.zero_bit_test), so re-synchronising by search costs the
+    false-positive rate nothing (Kutter 1998; Lichtenauer et al. 2003 on the price of exhaustive search). The mark
+    is written for the first view, the file itself: `embed` is the decoder guidance steers."""
+
+    def __init__(self, member: MessageDecoder, views: list[str]):
+        super().__init__()
+        if not views or views[0] != "id" or len(set(views)) != len(views) or set(views) - set(READ_VIEWS):
+            raise GuardError(f"read views must be distinct names from {sorted(READ_VIEWS)}, the first 'id'; got {views}")
+        self.member = member
+        self.member.copies = 1
+        self.views = tuple(views)
+        self.config = member.config
+        self.copies = len(views)
+
+    @property
+    def embed(self) -> MessageDecoder:
+        return self.member
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.member(READ_VIEWS[v](x)) for v in self.views], 1)
+
+
+def set_read_views(path: str | Path, views: list[str], weights: list[float]) -> Path:
+    """Give the decoder in `path` these read views and their weights (summing to 1). Its calibration no longer
+    fits the new logits, so it is removed: run `python -m watermark.guided --calibrate` next."""
+    from generator.fsutil import atomic_write_bytes
+
+    d = Path(path)
+    dec, record = load_decoder(d)
+    if "members" in record:
+        raise GuardError("read views apply to one decoder, not to an ensemble")
+    ViewedDecoder(dec, views)  # checks the names
+    w = [float(v) for v in weights]
+    if len(w) != len(views) or min(w) <= 0 or abs(sum(w) - 1) > 1e-6:
+        raise GuardError(f"give one positive weight per view, summing to 1; got {weights} for {views}")
+    record.pop("calibration", None)
+    if views == ["id"]:
+        record.pop("read_views", None)
+        record.pop("view_weights", None)
+    else:
+        record["read_views"], record["view_weights"] = list(views), w
+    atomic_write_bytes(d / "decoder.json", json.dumps(record, indent=1).encode())
+    return d
+
+
 def combine_decoders(dirs: list[str | Path], out: str | Path) -> Path:
     """One decoder folder holding the given decoders as an ensemble (their training records kept)."""
     from safetensors.torch import save_file
@@ -443,8 +504,8 @@ def combine_decoders(dirs: list[str | Path], out: str | Path) -> Path:
 
 
 def load_decoder(path: str | Path | None = None) -> tuple[nn.Module, dict]:
-    """The decoder (a MessageDecoder or a DecoderEnsemble; `.copies` says how many copies of the codeword
-    it reads) and its JSON record (config, training, and the calibration watermark.guided stores)."""
+    """The decoder (a MessageDecoder, a DecoderEnsemble or a ViewedDecoder; `.copies` says how many copies of
+    the codeword it reads) and its JSON record (config, training, and the calibration watermark.guided stores)."""
     from safetensors.torch import load_file
 
     d = Path(path) if path is not None else WEIGHTS
@@ -457,6 +518,8 @@ def load_decoder(path: str | Path | None = None) -> tuple[nn.Module, dict]:
         dec = MessageDecoder(DecoderConfig(**record["decoder"]))
         dec.copies = 1
     dec.load_state_dict(load_file(str(d / "decoder.safetensors")))
+    if record.get("read_views"):
+        dec = ViewedDecoder(dec, record["read_views"])
     return dec.eval().requires_grad_(False), record
 
 
@@ -465,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--combine", nargs="+", default=None, metavar="DECODER_DIR",
                    help="instead of training: put these trained decoders together as one ensemble in --out")
+    p.add_argument("--read-views", default=None, metavar="VIEWS",
+                   help=f"instead of training: read the decoder in --out under these views (comma-separated, from "
+                        f"{','.join(READ_VIEWS)}, the first id), then recalibrate it")
+    p.add_argument("--view-weights", default=None, metavar="WEIGHTS",
+                   help="with --read-views: each view's share of alpha, comma-separated, summing to 1 (default equal)")
     add_config_arguments(p, TrainConfig)
     p.add_argument("--bits", type=int, default=DecoderConfig.bits)
     p.add_argument("--width", type=int, default=DecoderConfig.width)
@@ -477,6 +545,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of the size normalisation (1: radius of gyration fixed, 0: the digit keeps its size)")
     a = vars(p.parse_args(argv))
     out = a.pop("out")
+    views, weights = a.pop("read_views"), a.pop("view_weights")
+    if weights is not None and views is None:
+        p.error("--view-weights goes with --read-views")
+    if views is not None:
+        try:
+            names = [v.strip() for v in views.split(",")]
+            w = [float(v) for v in weights.split(",")] if weights else [1 / len(names)] * len(names)
+            set_read_views(out, names, w)
+        except ValueError:
+            p.error(f"--view-weights must be numbers, got {weights!r}")
+        except GuardError as e:
+            print(f"python -m watermark.decoder: error: {e}", file=sys.stderr)
+            return 2
+        print(f"{out}: read views {names}; now run `python -m watermark.guided --calibrate {out}`")
+        return 0
     if a["combine"]:
         combine_decoders(a["combine"], out)
         return 0

@@ -182,6 +182,8 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     unmarked = quantize(generate(model, schedule, max(0, n_negative - len(held)), seed=seed + 2, **kw)[0])
     net, _ = heldout_reference()
     report: dict = {"n": n, "alpha": alpha, "steps": steps, "scheme": dict(scheme.__dict__),
+                    "statistic": scheme.statistic or decoder_and_center(decoder)[1].statistic,
+                    "read_views": list(getattr(decoder_and_center(decoder)[0], "views", ("id",))),
                     "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                     "n_negative": {"real": len(held), "unmarked": len(unmarked), "other_key": n,
                                    "other_keys": len(others_keys)},
@@ -207,7 +209,7 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
         p = {k: np.array([r.p_value for r in v]) for k, v in reads.items()}
         alt = {}  # the other zero-bit statistic on the same logits, for the record
         for stat in ("binomial", "sign", "sign-max"):
-            if stat != scheme.statistic:
+            if stat != (scheme.statistic or cal.statistic):
                 ra = {k: read_logits(v, cal, key, replace(scheme, statistic=stat)) for k, v in logits.items()}
                 pa = {k: np.array([r.p_value for r in v]) for k, v in ra.items()}
                 alt[stat] = {"tpr_at_alpha": float((pa["marked"] < alpha).mean()),
