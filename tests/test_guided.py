@@ -232,6 +232,22 @@ def test_squeeze_view_undoes_the_stretch_of_a_crop_with_an_aspect_ratio():
     assert torch.equal(READ_VIEWS["id"](x), x)
 
 
+def test_unbright_view_undoes_a_clipped_brightness_gain_and_leaves_an_unclipped_file_alone():
+    from generator.data import load_dataset
+    from generator.image_io import quantize
+    from watermark.decoder import READ_VIEWS, normalise
+
+    x = load_dataset("mnist5k", "heldout").images[::50]
+    x01 = (x + 1) / 2
+    bright = quantize(((x01 * 4).clamp(0, 1)) * 2 - 1)
+    back = (READ_VIEWS["unbright"](bright) + 1) / 2
+    dark = x01 * 4 < 0.99  # the pixels the gain did not clip are back at their level (to 8-bit rounding)
+    assert (back[dark] - x01[dark]).abs().max() < 1 / 255
+    assert (back[~dark] > 0.24).all()  # the clipped ones stay bright
+    dim = x * 0.5 - 0.5  # no saturated pixel: the view only scales, and normalise() undoes that
+    assert torch.allclose(normalise(READ_VIEWS["unbright"](dim)), normalise(dim), atol=1e-5)
+
+
 def test_read_views_are_set_on_a_decoder_folder_checked_and_reloaded(tmp_path):
     """`python -m watermark.decoder --out D --read-views id,sx --view-weights 0.7,0.3` rewrites D's record:
     the decoder then reads every file under both views (the first copy is the plain decoder's), guidance still

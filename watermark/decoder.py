@@ -431,11 +431,20 @@ def _squeeze(x: torch.Tensor, fu: float, fv: float) -> torch.Tensor:
     return warp(x, a)
 
 
-# inverse views a decoder can read each file under (ViewedDecoder): the file itself, and a 3:4 squeeze along x or y,
+def _unbright(x: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
+    """Undo a brightness gain where it did not clip: pixels below 254 levels divided by `gain`, saturated ones kept
+    white. After a gain of 3-6 the dark background (where the guided mark mostly lives) is back near its level
+    while the clipped strokes stay white; a file with no saturated pixel is only scaled, which normalise() undoes."""
+    x01 = (x + 1) / 2
+    return torch.where(x01 >= 254 / 255, x01, x01 / gain) * 2 - 1
+
+
+# inverse views a decoder can read each file under (ViewedDecoder): the file itself; a 3:4 squeeze along x or y,
 # which undoes the stretch of a crop with an aspect ratio resized back to the full size (Tree-Ring's crop: a 21x28
-# window stretched to 28x28), a map the moment frame cannot undo (BENCHMARKS.md, "Reading each file under a few
-# inverse views")
-READ_VIEWS = {"id": lambda x: x, "sx": lambda x: _squeeze(x, 0.75, 1.0), "sy": lambda x: _squeeze(x, 1.0, 0.75)}
+# window stretched to 28x28), a map the moment frame cannot undo; and a brightness gain of about 4 undone where it
+# did not clip, which normalise() cannot undo (BENCHMARKS.md, "Reading each file under a few inverse views")
+READ_VIEWS = {"id": lambda x: x, "sx": lambda x: _squeeze(x, 0.75, 1.0), "sy": lambda x: _squeeze(x, 1.0, 0.75),
+              "unbright": _unbright}
 
 
 class ViewedDecoder(nn.Module):

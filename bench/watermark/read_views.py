@@ -49,19 +49,17 @@ def make(a) -> None:
 
 
 def view_fns():
+    """The views that ship (watermark.decoder.READ_VIEWS) and ones measured and not shipped."""
     from generator.perturb import gaussian_blur, median_filter
-    from watermark.decoder import warp
+    from watermark.decoder import READ_VIEWS, _squeeze, _unbright
 
-    def squeeze(x, fu, fv):  # output (u, v) reads input (u / fu, v / fv): the image shrunk by (fu, fv) about the centre
-        a = torch.tensor([[1 / fu, 0.0, 0.0], [0.0, 1 / fv, 0.0]], dtype=x.dtype).expand(len(x), 2, 3)
-        return warp(x, a)
+    def floor(x):  # the dark levels (below 77) set to black
+        return torch.where(x < -0.4, -torch.ones_like(x), x)
 
-    return {"id": lambda x: x, "sx": lambda x: squeeze(x, 0.75, 1.0), "sy": lambda x: squeeze(x, 1.0, 0.75),
-            "med3": lambda x: median_filter(x, 3), "blur07": lambda x: gaussian_blur(x, 0.7),
-            "sx_med3": lambda x: median_filter(squeeze(x, 0.75, 1.0), 3),
-            "floor": lambda x: torch.where(x < -0.4, -torch.ones_like(x), x),
-            "med_floor": lambda x: (lambda m: torch.where(m < -0.4, -torch.ones_like(m), m))(median_filter(x, 3)),
-            "med5": lambda x: median_filter(x, 5), "blur1": lambda x: gaussian_blur(x, 1.0)}
+    return {**READ_VIEWS, "med3": lambda x: median_filter(x, 3), "med5": lambda x: median_filter(x, 5),
+            "blur07": lambda x: gaussian_blur(x, 0.7), "blur1": lambda x: gaussian_blur(x, 1.0),
+            "sx_med3": lambda x: median_filter(_squeeze(x, 0.75, 1.0), 3), "floor": floor,
+            "med_floor": lambda x: floor(median_filter(x, 3)), "unbright2.5": lambda x: _unbright(x, 2.5)}
 
 
 def _crop(scale, ratio):
