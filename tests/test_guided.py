@@ -195,6 +195,7 @@ def test_view_weights_give_a_weighted_bonferroni_test_that_keeps_the_view_readin
         r = read_logits(logits, cal, KEY)
         assert np.mean([v.p_value < 0.01 for v in r]) > 0.95, reading
         assert np.mean([v.payload == "c0ffee42" for v in r]) > 0.5, reading
+        assert max(v.agreements for v in r) <= 32  # of the best view's 32 zero-bit chips, not summed over views
         # the weights are each view's share of alpha: the view reading the mark pays 1 / its weight
         favour = [0.01, 0.01, 0.01]
         favour[reading] = 0.98

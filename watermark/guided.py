@@ -185,7 +185,7 @@ def make_hook(key: WatermarkKey, payload: int, n: int, scheme: GuidedScheme = Gu
 @dataclass
 class GuidedReading:
     p_value: float  # zero-bit test, uncorrected (one key)
-    agreements: int  # of the zero_bits keyed chips, summed over the decoder's copies
+    agreements: int  # of the zero_bits keyed chips: summed over the copies ("sign"), of the copy that counts ("sign-max")
     payload: str | None  # hex, when the tag confirms it
     payload_valid: bool
     decoded_payload: str  # hex, whatever the tag says
@@ -223,12 +223,13 @@ def zero_bit_test(logits: torch.Tensor, cal: Calibration, key: WatermarkKey,
     elif statistic == "sign-max":  # each copy's own sign test, the best one Sidak-corrected for the copies
         # (or, for a decoder read under several views, each view's p-value over its weight: weighted Bonferroni)
         s = torch.from_numpy(1.0 - 2.0 * (zero ^ stream[:z]).astype(np.float64))
-        per_copy = []
+        per_copy, agree_c = [], []
         for c in range(copies):
             idx = c * nb + np.arange(z)
             a_c = (hard[:, idx] == (zero ^ stream[:z])[None]).sum(1)
             sd = float(s @ cal.sign_cov[idx][:, idx] @ s) ** 0.5
             per_copy.append(norm.sf((2 * a_c - z - 1 + 2 * u) / sd))
+            agree_c.append(a_c)
         per_copy = np.stack(per_copy, 1)
         if cal.view_weights:
             if len(cal.view_weights) != copies:
@@ -236,6 +237,7 @@ def zero_bit_test(logits: torch.Tensor, cal: Calibration, key: WatermarkKey,
             per_copy = np.minimum(per_copy / np.asarray(cal.view_weights)[None], 1.0)
         best = per_copy.argmin(1)
         p = per_copy.min(1) if cal.view_weights else sidak(per_copy.min(1), copies)
+        agree = np.stack(agree_c, 1)[np.arange(len(best)), best]  # the agreement of the copy that counts, of z
     else:
         raise GuardError(f"unknown watermark statistic {statistic!r}")
     per = centred.view(len(centred), copies, nb)
