@@ -177,6 +177,13 @@ def canonicalise(x: torch.Tensor, smooth: float = 0.0, aniso: float = 0.0, scale
 class MessageDecoder(nn.Module):
     """(B, C, H, W) in [-1, 1] -> (B, bits) logits; positive reads bit 0 (chip +1)."""
 
+    copies = 1  # copies of the codeword in the logits (an ensemble or a ViewedDecoder reads several)
+
+    @property
+    def embed(self) -> nn.Module:
+        """The decoder guidance steers: this one (a ViewedDecoder's is its member, read on the file itself)."""
+        return self
+
     def __init__(self, cfg: DecoderConfig = DecoderConfig()):
         super().__init__()
         self.config = cfg
@@ -421,6 +428,10 @@ class DecoderEnsemble(nn.Module):
         self.config = members[0].config
         self.copies = len(members)
 
+    @property
+    def embed(self) -> nn.Module:  # guidance steers every member toward its own copy
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([m(x) for m in self.members], 1)
 
@@ -447,6 +458,12 @@ READ_VIEWS = {"id": lambda x: x, "sx": lambda x: _squeeze(x, 0.75, 1.0), "sy": l
               "unbright": _unbright}
 
 
+def check_views(views: list[str]) -> None:
+    """Read views must be distinct names from READ_VIEWS, the first "id" (the view the mark is written for)."""
+    if not views or views[0] != "id" or len(set(views)) != len(views) or set(views) - set(READ_VIEWS):
+        raise GuardError(f"read views must be distinct names from {sorted(READ_VIEWS)}, the first 'id'; got {views}")
+
+
 class ViewedDecoder(nn.Module):
     """One decoder read under several inverse views of the file (READ_VIEWS), each view its own copy of the
     codeword: (B, bits * views) logits. The zero-bit test keeps the best view, each view's p-value divided by its
@@ -456,10 +473,8 @@ class ViewedDecoder(nn.Module):
 
     def __init__(self, member: MessageDecoder, views: list[str]):
         super().__init__()
-        if not views or views[0] != "id" or len(set(views)) != len(views) or set(views) - set(READ_VIEWS):
-            raise GuardError(f"read views must be distinct names from {sorted(READ_VIEWS)}, the first 'id'; got {views}")
+        check_views(views)
         self.member = member
-        self.member.copies = 1
         self.views = tuple(views)
         self.config = member.config
         self.copies = len(views)
@@ -481,7 +496,7 @@ def set_read_views(path: str | Path, views: list[str], weights: list[float]) -> 
     dec, record = load_decoder(d)
     if "members" in record:
         raise GuardError("read views apply to one decoder, not to an ensemble")
-    ViewedDecoder(dec, views)  # checks the names
+    check_views(views)
     w = [float(v) for v in weights]
     if len(w) != len(views) or min(w) <= 0 or abs(sum(w) - 1) > 1e-6:
         raise GuardError(f"give one positive weight per view, summing to 1; got {weights} for {views}")
@@ -525,7 +540,6 @@ def load_decoder(path: str | Path | None = None) -> tuple[nn.Module, dict]:
         dec = DecoderEnsemble([MessageDecoder(DecoderConfig(**c)) for c in record["members"]])
     else:
         dec = MessageDecoder(DecoderConfig(**record["decoder"]))
-        dec.copies = 1
     dec.load_state_dict(load_file(str(d / "decoder.safetensors")))
     if record.get("read_views"):
         dec = ViewedDecoder(dec, record["read_views"])

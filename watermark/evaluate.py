@@ -181,9 +181,9 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     held = load_dataset("mnist5k", "heldout").images
     unmarked = quantize(generate(model, schedule, max(0, n_negative - len(held)), seed=seed + 2, **kw)[0])
     net, _ = heldout_reference()
+    dec, cal = decoder_and_center(decoder)
     report: dict = {"n": n, "alpha": alpha, "steps": steps, "scheme": dict(scheme.__dict__),
-                    "statistic": scheme.statistic or decoder_and_center(decoder)[1].statistic,
-                    "read_views": list(getattr(decoder_and_center(decoder)[0], "views", ("id",))),
+                    "statistic": scheme.statistic or cal.statistic, "read_views": list(getattr(dec, "views", ("id",))),
                     "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                     "n_negative": {"real": len(held), "unmarked": len(unmarked), "other_key": n,
                                    "other_keys": len(others_keys)},
@@ -193,7 +193,6 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
                     "attacks": {}}
     log(f"cost x{report['guided_cost_ratio']:.2f}, PSNR {report['psnr_db_guided_vs_same_seed']:.1f} dB, "
         f"class accuracy {report['class_accuracy_marked']:.3f}")
-    _, cal = decoder_and_center(decoder)
     g = torch.Generator().manual_seed(seed + 3)
     neg_p = {"real": [], "unmarked": [], "other_key": []}
     t_dec, n_dec = 0.0, 0

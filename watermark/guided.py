@@ -98,6 +98,19 @@ class Calibration:
         """The zero-bit statistic this decoder is read with when the scheme names none."""
         return "sign-max" if self.view_weights else "sign"
 
+    @classmethod
+    def fit(cls, logits: torch.Tensor, view_weights=None) -> "Calibration":
+        """From (N, bits * copies) logits of unmarked images: per-chip medians, and the second moments of the
+        centred chip signs (computed in the logits' dtype, then kept as float64)."""
+        center = logits.median(0).values
+        signs = 1 - 2 * (logits - center < 0).to(logits.dtype)
+        return cls(center.double(), (signs.T @ signs / len(signs)).double(),
+                   tuple(view_weights) if view_weights else None)
+
+    def head(self, n: int) -> "Calibration":
+        """The calibration of the first n logits (a ViewedDecoder's file view: the chips guidance writes)."""
+        return Calibration(self.center[:n], self.sign_cov[:n, :n])
+
 
 @lru_cache(maxsize=4)
 def _decoder(path: str | None) -> tuple[MessageDecoder, Calibration]:
@@ -107,7 +120,7 @@ def _decoder(path: str | None) -> tuple[MessageDecoder, Calibration]:
         raise GuardError("the watermark decoder has no calibration; run `python -m watermark.guided --calibrate`")
     weights = record.get("view_weights")
     return dec, Calibration(*(torch.tensor(cal[k], dtype=torch.float64) for k in ("center", "sign_cov")),
-                            view_weights=tuple(weights) if weights else None)
+                            tuple(weights) if weights else None)
 
 
 def decoder_and_center(path: str | None = None) -> tuple[MessageDecoder, Calibration]:
@@ -169,9 +182,9 @@ def make_hook(key: WatermarkKey, payload: int, n: int, scheme: GuidedScheme = Gu
     toward one key's codeword for `payload`."""
     dec, cal = decoder_and_center(decoder)
     check_scheme(dec, scheme)
-    dec = getattr(dec, "embed", dec)  # a decoder read under several views is guided through the first (the file itself)
+    dec = dec.embed  # a decoder read under several views is guided through the first (the file itself)
     cw = codeword(key, payload, scheme).repeat(dec.copies)  # every member reads its own copy
-    center = cal.center[:len(cw)].float()
+    center = cal.head(len(cw)).center.float()
     gen = torch.Generator().manual_seed(seed + 7919)
 
     def hook(x0: torch.Tensor, t: int) -> torch.Tensor:
@@ -316,18 +329,14 @@ def calibrate(decoder_dir: str, model, schedule, *, n_samples: int = 2000, seed:
     gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         logits = torch.cat([dec(x), dec(attack_layer(x, gen, identity_share=0.0))])
-    center = logits.median(0).values
-    hard = (logits - center < 0).float()
-    signs = 1 - 2 * hard
-    record["calibration"] = {"center": center.tolist(), "sign_cov": (signs.T @ signs / len(signs)).tolist(),
+    cal = Calibration.fit(logits, record.get("view_weights"))
+    hard = (logits - cal.center.float() < 0).float()
+    record["calibration"] = {"center": cal.center.tolist(), "sign_cov": cal.sign_cov.tolist(),
                              "n": len(logits), "real_train": len(real),
                              "samples": n_samples, "seed": seed,
                              "chip_balance_max_dev": float((hard.mean(0) - 0.5).abs().max())}
     # each statistic's false-positive rate on these same negatives over 20 keys (training data: this picks the
     # default statistic; the held-out check is `watermark eval`)
-    weights = record.get("view_weights")
-    cal = Calibration(center.double(), (signs.T @ signs / len(signs)).double(),
-                      view_weights=tuple(weights) if weights else None)
     keys = [WatermarkKey(hashlib.sha256(f"calibration-key-{i}".encode()).digest()) for i in range(20)]
     for stat in ("binomial", "sign") + (("sign-max",) if dec.copies > 1 else ()):
         ps = np.concatenate([zero_bit_test(logits, cal, k, GuidedScheme(statistic=stat))[0] for k in keys])

@@ -87,8 +87,7 @@ def read(a) -> None:
     with safe_open(a.sets, "pt") as f:
         meta = f.metadata()
     key, payload = WatermarkKey(bytes([int(meta["key_seed"])]) * 32), int(meta["payload"])
-    dec = decoder_and_center(a.decoder)[0]
-    dec = getattr(dec, "embed", dec)  # the decoder itself; this bench applies the views
+    dec = decoder_and_center(a.decoder)[0].embed  # the decoder itself; this bench applies the views
     fns = view_fns()
     views = a.views.split(",")
 
@@ -100,10 +99,8 @@ def read(a) -> None:
     xc = torch.cat([sets["cal_real"], sets["cal_fake"]])
     g = torch.Generator().manual_seed(1000)
     lc = torch.cat([logits(xc), logits(attack_layer(xc, g, identity_share=0.0))])
-    center = lc.median(0).values
-    signs = 1 - 2 * (lc - center < 0).double()
     weights = tuple(float(w) for w in a.weights.split(",")) if a.weights else None
-    cal = Calibration(center.double(), signs.T @ signs / len(signs), view_weights=weights)
+    cal = Calibration.fit(lc, weights)
     scheme = GuidedScheme(statistic="sign-max" if len(views) > 1 else "sign")  # Sidak, or the weights if given
     g = torch.Generator().manual_seed(3)
     rows, neg_all, t_dec, n_dec = {}, {k: [] for k in ("real", "unmarked", "other_key")}, 0.0, 0

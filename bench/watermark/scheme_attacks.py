@@ -90,10 +90,10 @@ def copy_attack(host: torch.Tensor, source: torch.Tensor, weight: float, steps: 
     are written for, and the one the verifier gives the largest share of alpha): the adaptive attacker's choice,
     since the other views read a marked file's chips as noise."""
     dec, cal = decoder_and_center(decoder)
-    center = cal.center.float()
-    if file_view_only and hasattr(dec, "embed"):
+    if file_view_only:
         dec = dec.embed
-        center = center[:dec.config.bits]
+        cal = cal.head(dec.config.bits * dec.copies)
+    center = cal.center.float()
     with torch.no_grad():
         target = torch.sign(dec(source) - center)
     delta = (0.01 * torch.randn(host.shape, generator=torch.Generator().manual_seed(0))).requires_grad_(True)

@@ -16,7 +16,7 @@ import torch
 @torch.inference_mode()
 def main() -> None:
     from generator.data import load_dataset
-    from watermark.guided import Calibration, decoder_and_center, read_logits
+    from watermark.guided import decoder_and_center, read_logits
     from watermark.keys import WatermarkKey
 
     ap = argparse.ArgumentParser()
@@ -26,9 +26,8 @@ def main() -> None:
     held = load_dataset("mnist5k", "heldout").images
     x = held.repeat(-(-a.n // len(held)), 1, 1, 1)[:a.n]
     dec, cal = decoder_and_center(None)
-    one = getattr(dec, "embed", dec)
-    nb = one.config.bits
-    cal1 = Calibration(cal.center[:nb], cal.sign_cov[:nb, :nb])
+    one = dec.embed
+    cal1 = cal.head(one.config.bits)
     key = WatermarkKey(bytes([2]) * 32)
     readers = {f"{name}, batch {bs}": (d, c, bs) for name, d, c in
                (("views " + ",".join(getattr(dec, "views", ("id",))), dec, cal), ("file only", one, cal1))
