@@ -213,6 +213,68 @@ def test_view_weights_give_a_weighted_bonferroni_test_that_keeps_the_view_readin
         read_logits(null, Calibration(cal.center, cal.sign_cov, (0.5, 0.5)), KEY)
 
 
+def test_soft_statistic_is_calibrated_for_a_fixed_key_gains_power_and_ignores_other_keys_strong_marks():
+    """The soft zero-bit test (watermark.guided.soft_chips): with correlated, unequally scaled chips its false
+    positives for one fixed key stay at alpha; a weak mark is found more often than by the sign test on the same
+    logits; a strong mark under another key (large logits everywhere) does not inflate it; with views it keeps the
+    view that reads the mark, by its weight."""
+    from watermark.guided import zero_bit_test
+
+    gen = torch.Generator().manual_seed(11)
+    mix = torch.eye(72) + 0.4 * torch.randn(72, 72, generator=gen) / 72 ** 0.5  # correlated chips
+    scale = 0.5 + 3 * torch.rand(72, generator=gen)  # and unequal spreads
+
+    def null(n):
+        return (torch.randn(n, 72, generator=gen) @ mix.T) * scale + 0.7
+
+    cal = Calibration.fit(null(6000))
+    assert cal.statistic == "soft" and identity_calibration().statistic == "sign"
+    p = np.array([r.p_value for r in read_logits(null(6000), cal, KEY)])
+    for a in (0.01, 0.05, 0.2):
+        assert abs((p < a).mean() - a) < 4 * np.sqrt(a * (1 - a) / len(p)) + 2e-3, a
+    weak = null(2000) + 0.4 * codeword(KEY, 0xC0FFEE42)[None] * scale
+    soft, sign = (np.mean([r.p_value < 0.01 for r in read_logits(weak, cal, KEY, GuidedScheme(statistic=s))])
+                  for s in ("soft", "sign"))
+    assert soft > sign + 0.05 and soft > 0.3, (soft, sign)
+    strong_other = null(4000) + 6 * codeword(OTHER, 0x1234)[None] * scale
+    p = np.array([r.p_value for r in read_logits(strong_other, cal, KEY)])
+    assert (p < 0.01).mean() < 0.01 + 4 * np.sqrt(0.01 * 0.99 / len(p)), (p < 0.01).mean()
+    # three views, the mark read by the second: the weighted test keeps it; under the null it stays at alpha
+    w = (0.7, 0.2, 0.1)
+    views = Calibration.fit(torch.cat([null(6000) for _ in range(3)], 1), w, 3)
+    marked = torch.cat([null(300), null(300) + 4 * codeword(KEY, 0xC0FFEE42)[None] * scale, null(300)], 1)
+    r = read_logits(marked, views, KEY)
+    assert np.mean([v.p_value < 0.01 for v in r]) > 0.95 and np.mean([v.payload == "c0ffee42" for v in r]) > 0.5
+    p3 = zero_bit_test(torch.cat([null(6000) for _ in range(3)], 1), views, KEY)[0]
+    assert (p3 < 0.01).mean() < 0.01 + 4 * np.sqrt(0.01 * 0.99 / len(p3))
+
+
+def test_a_reader_reads_every_view_while_guidance_steers_the_decoder_itself(tmp_path):
+    """`python -m watermark.decoder --out D --reader R` gives D a reading network: every view is read by it, the
+    guided network (`embed`) stays D's own, the stale calibration goes, and calibrating keeps D's own medians for
+    guidance; `--reader none` takes it away. A reader of another architecture is refused with exit 2."""
+    from watermark.decoder import ViewedDecoder, main, save_decoder
+
+    out, rdir, bad = tmp_path / "dec", tmp_path / "reader", tmp_path / "bad"
+    for d, cfg, seed in ((out, DecoderConfig(width=8), 0), (rdir, DecoderConfig(width=8), 1),
+                         (bad, DecoderConfig(width=16), 2)):
+        torch.manual_seed(seed)
+        d.mkdir()
+        save_decoder(d, MessageDecoder(cfg), {})
+    plain, _ = load_decoder(out)
+    reader, _ = load_decoder(rdir)
+    assert main(["--out", str(out), "--read-views", "id,sx", "--view-weights", "0.7,0.3"]) == 0
+    assert main(["--out", str(out), "--reader", str(rdir)]) == 0
+    dec, record = load_decoder(out)
+    assert isinstance(dec, ViewedDecoder) and dec.views == ("id", "sx") and "calibration" not in record
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    assert torch.allclose(dec(x)[:, :72], reader(x)) and torch.allclose(dec.embed(x), plain(x))
+    assert main(["--out", str(out), "--reader", str(bad)]) == 2
+    assert main(["--out", str(out), "--reader", "none"]) == 0
+    dec, record = load_decoder(out)
+    assert dec.reader is None and "reader" not in record and torch.allclose(dec(x)[:, :72], plain(x))
+
+
 def test_squeeze_view_undoes_the_stretch_of_a_crop_with_an_aspect_ratio():
     """Tree-Ring's crop (a 21x28 window resized back to 28x28) stretches the digit 4:3 along x; the 'sx' view
     squeezes it back, so the digit's width and shape return (up to the cut and a sub-pixel shift)."""

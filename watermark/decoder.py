@@ -178,6 +178,7 @@ class MessageDecoder(nn.Module):
     """(B, C, H, W) in [-1, 1] -> (B, bits) logits; positive reads bit 0 (chip +1)."""
 
     copies = 1  # copies of the codeword in the logits (an ensemble or a ViewedDecoder reads several)
+    reader = None  # the network that reads instead of this one (a ViewedDecoder's, when it has one)
 
     @property
     def embed(self) -> nn.Module:
@@ -420,6 +421,8 @@ class DecoderEnsemble(nn.Module):
     plain decoder holds up under crops, noise and brightness, a canonical one under rotation; together
     the mark is guided toward what both read, and the zero-bit test sums their chips."""
 
+    reader = None
+
     def __init__(self, members: list[MessageDecoder]):
         super().__init__()
         if len({(m.config.bits, m.config.image_size, m.config.channels) for m in members}) != 1:
@@ -469,12 +472,17 @@ class ViewedDecoder(nn.Module):
     codeword: (B, bits * views) logits. The zero-bit test keeps the best view, each view's p-value divided by its
     weight (a weighted Bonferroni bound, watermark.guided.zero_bit_test), so re-synchronising by search costs the
     false-positive rate nothing (Kutter 1998; Lichtenauer et al. 2003 on the price of exhaustive search). The mark
-    is written for the first view, the file itself: `embed` is the decoder guidance steers."""
+    is written for the first view, the file itself: `embed` is the decoder guidance steers.
 
-    def __init__(self, member: MessageDecoder, views: list[str]):
+    `reader`, when given, is the network that reads every view instead of the member: a copy of the member
+    fine-tuned on the guided marks themselves through the attack layer (watermark.reader). Guidance still steers
+    the member, so the marks do not change."""
+
+    def __init__(self, member: MessageDecoder, views: list[str], reader: MessageDecoder | None = None):
         super().__init__()
         check_views(views)
         self.member = member
+        self.reader = reader
         self.views = tuple(views)
         self.config = member.config
         self.copies = len(views)
@@ -484,7 +492,8 @@ class ViewedDecoder(nn.Module):
         return self.member
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.member(READ_VIEWS[v](x)) for v in self.views], 1)
+        net = self.member if self.reader is None else self.reader
+        return torch.cat([net(READ_VIEWS[v](x)) for v in self.views], 1)
 
 
 def set_read_views(path: str | Path, views: list[str], weights: list[float]) -> Path:
@@ -506,6 +515,35 @@ def set_read_views(path: str | Path, views: list[str], weights: list[float]) -> 
         record.pop("view_weights", None)
     else:
         record["read_views"], record["view_weights"] = list(views), w
+    atomic_write_bytes(d / "decoder.json", json.dumps(record, indent=1).encode())
+    return d
+
+
+READER_FILE = "reader.safetensors"  # a decoder folder's reading network, when it has one (watermark.reader)
+
+
+def set_reader(path: str | Path, reader_dir: str | Path | None) -> Path:
+    """Give the decoder in `path` the reading network trained in `reader_dir` (watermark.reader's output: a decoder
+    folder of the same architecture), or take its reader away (None). Guidance keeps steering the decoder itself;
+    the calibration no longer fits the new logits, so it is removed: run `python -m watermark.guided --calibrate`."""
+    import shutil
+
+    from generator.fsutil import atomic_write_bytes
+
+    d = Path(path)
+    _, record = load_decoder(d)
+    if "members" in record:
+        raise GuardError("a reader applies to one decoder, not to an ensemble")
+    record.pop("calibration", None)
+    if reader_dir is None:
+        record.pop("reader", None)
+        (d / READER_FILE).unlink(missing_ok=True)
+    else:
+        reader, rrec = load_decoder(reader_dir)
+        if not isinstance(reader, MessageDecoder) or rrec["decoder"] != record["decoder"]:
+            raise GuardError(f"{reader_dir}: the reader must be one plain decoder with the same config as {d}'s")
+        shutil.copyfile(Path(reader_dir) / "decoder.safetensors", d / READER_FILE)
+        record["reader"] = rrec.get("reader_training", {"from": str(reader_dir)})
     atomic_write_bytes(d / "decoder.json", json.dumps(record, indent=1).encode())
     return d
 
@@ -541,8 +579,14 @@ def load_decoder(path: str | Path | None = None) -> tuple[nn.Module, dict]:
     else:
         dec = MessageDecoder(DecoderConfig(**record["decoder"]))
     dec.load_state_dict(load_file(str(d / "decoder.safetensors")))
-    if record.get("read_views"):
-        dec = ViewedDecoder(dec, record["read_views"])
+    reader = None
+    if record.get("reader"):
+        if "members" in record or not (d / READER_FILE).is_file():
+            raise GuardError(f"{d}: the record names a reader but {READER_FILE} is missing (or the decoder is an ensemble)")
+        reader = MessageDecoder(dec.config)
+        reader.load_state_dict(load_file(str(d / READER_FILE)))
+    if record.get("read_views") or reader is not None:
+        dec = ViewedDecoder(dec, record.get("read_views") or ["id"], reader)
     return dec.eval().requires_grad_(False), record
 
 
@@ -556,6 +600,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"{','.join(READ_VIEWS)}, the first id), then recalibrate it")
     p.add_argument("--view-weights", default=None, metavar="WEIGHTS",
                    help="with --read-views: each view's share of alpha, comma-separated, summing to 1 (default equal)")
+    p.add_argument("--reader", default=None, metavar="READER_DIR",
+                   help="instead of training: read the decoder in --out with the network trained in READER_DIR "
+                        "(python -m watermark.reader; 'none' takes the reader away), then recalibrate it")
     add_config_arguments(p, TrainConfig)
     p.add_argument("--bits", type=int, default=DecoderConfig.bits)
     p.add_argument("--width", type=int, default=DecoderConfig.width)
@@ -568,7 +615,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of the size normalisation (1: radius of gyration fixed, 0: the digit keeps its size)")
     a = vars(p.parse_args(argv))
     out = a.pop("out")
-    views, weights = a.pop("read_views"), a.pop("view_weights")
+    views, weights, reader = a.pop("read_views"), a.pop("view_weights"), a.pop("reader")
+    if reader is not None:
+        try:
+            set_reader(out, None if reader == "none" else reader)
+        except GuardError as e:
+            print(f"python -m watermark.decoder: error: {e}", file=sys.stderr)
+            return 2
+        print(f"{out}: reader {reader}; now run `python -m watermark.guided --calibrate {out}`")
+        return 0
     if weights is not None and views is None:
         p.error("--view-weights goes with --read-views")
     if views is not None:

@@ -207,8 +207,8 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
         reads = {k: read_logits(v, cal, key, scheme) for k, v in logits.items()}
         p = {k: np.array([r.p_value for r in v]) for k, v in reads.items()}
         alt = {}  # the other zero-bit statistic on the same logits, for the record
-        for stat in ("binomial", "sign", "sign-max"):
-            if stat != (scheme.statistic or cal.statistic):
+        for stat in ("binomial", "sign", "sign-max", "soft"):
+            if stat != (scheme.statistic or cal.statistic) and (stat != "soft" or cal.soft_cov is not None):
                 ra = {k: read_logits(v, cal, key, replace(scheme, statistic=stat)) for k, v in logits.items()}
                 pa = {k: np.array([r.p_value for r in v]) for k, v in ra.items()}
                 alt[stat] = {"tpr_at_alpha": float((pa["marked"] < alpha).mean()),

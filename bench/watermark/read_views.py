@@ -78,16 +78,16 @@ def read(a) -> None:
 
     from generator.image_io import quantize
     from watermark.attacks import ATTACKS, TREE_RING_SIX
-    from watermark.decoder import attack_layer
+    from watermark.decoder import attack_layer, load_decoder
     from watermark.evaluate import HELD_OUT_ATTACKS, _held_out_attack, payload_bit_accuracies
-    from watermark.guided import Calibration, GuidedScheme, decoder_and_center, read_logits
+    from watermark.guided import SOFT_CLIP, Calibration, GuidedScheme, read_logits
     from watermark.keys import WatermarkKey
 
     sets = load_file(a.sets)
     with safe_open(a.sets, "pt") as f:
         meta = f.metadata()
     key, payload = WatermarkKey(bytes([int(meta["key_seed"])]) * 32), int(meta["payload"])
-    dec = decoder_and_center(a.decoder)[0].embed  # the decoder itself; this bench applies the views
+    dec = load_decoder(a.decoder)[0].embed  # the network itself (its calibration unused); this bench applies the views
     fns = view_fns()
     views = a.views.split(",")
 
@@ -100,8 +100,9 @@ def read(a) -> None:
     g = torch.Generator().manual_seed(1000)
     lc = torch.cat([logits(xc), logits(attack_layer(xc, g, identity_share=0.0))])
     weights = tuple(float(w) for w in a.weights.split(",")) if a.weights else None
-    cal = Calibration.fit(lc, weights)
-    scheme = GuidedScheme(statistic="sign-max" if len(views) > 1 else "sign")  # Sidak, or the weights if given
+    cal = Calibration.fit(lc, weights, len(views), soft_clip=a.soft or SOFT_CLIP)
+    # the sign test (Sidak over views, or the weights if given), or the soft statistic with this clip
+    scheme = GuidedScheme(statistic="soft" if a.soft else "sign-max" if len(views) > 1 else "sign")
     g = torch.Generator().manual_seed(3)
     rows, neg_all, t_dec, n_dec = {}, {k: [] for k in ("real", "unmarked", "other_key")}, 0.0, 0
     attacks = a.attacks.split(",") if a.attacks else list(ATTACKS) + list(HELD_OUT_ATTACKS)
@@ -154,6 +155,8 @@ def main() -> None:
     r.add_argument("--attacks", default=None)
     r.add_argument("--alpha", type=float, default=0.01)
     r.add_argument("--weights", default=None, help="each view's share of alpha (weighted Bonferroni); default Sidak")
+    r.add_argument("--soft", type=float, default=None, metavar="CLIP",
+                   help="the soft statistic (watermark.guided.soft_chips) with this clip instead of the sign test")
     r.add_argument("--out", default=None)
     a = ap.parse_args()
     make(a) if a.cmd == "make" else read(a)
