@@ -236,6 +236,13 @@ def test_soft_statistic_is_calibrated_for_a_fixed_key_gains_power_and_ignores_ot
     soft, sign = (np.mean([r.p_value < 0.01 for r in read_logits(weak, cal, KEY, GuidedScheme(statistic=s))])
                   for s in ("soft", "sign"))
     assert soft > sign + 0.05 and soft > 0.3, (soft, sign)
+    # the other null (marks under random codewords) enters as the larger of the two variances, never the smaller
+    from dataclasses import replace
+
+    wide, narrow = replace(cal, soft_cov_marked=4 * cal.soft_cov), replace(cal, soft_cov_marked=0.25 * cal.soft_cov)
+    p0, pw, pn = (zero_bit_test(weak[:200], c, KEY)[0] for c in (cal, wide, narrow))
+    up = p0 < 0.5  # a positive statistic: a wider null can only raise its p-value
+    assert np.allclose(pn, p0) and (pw[up] > p0[up]).all() and (pw < 0.01).sum() < (p0 < 0.01).sum()
     strong_other = null(4000) + 6 * codeword(OTHER, 0x1234)[None] * scale
     p = np.array([r.p_value for r in read_logits(strong_other, cal, KEY)])
     assert (p < 0.01).mean() < 0.01 + 4 * np.sqrt(0.01 * 0.99 / len(p)), (p < 0.01).mean()

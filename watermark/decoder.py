@@ -540,7 +540,7 @@ def set_reader(path: str | Path, reader_dir: str | Path | None) -> Path:
         (d / READER_FILE).unlink(missing_ok=True)
     else:
         reader, rrec = load_decoder(reader_dir)
-        if not isinstance(reader, MessageDecoder) or rrec["decoder"] != record["decoder"]:
+        if not isinstance(reader, MessageDecoder) or reader.config != DecoderConfig(**record["decoder"]):
             raise GuardError(f"{reader_dir}: the reader must be one plain decoder with the same config as {d}'s")
         shutil.copyfile(Path(reader_dir) / "decoder.safetensors", d / READER_FILE)
         record["reader"] = rrec.get("reader_training", {"from": str(reader_dir)})

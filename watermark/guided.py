@@ -117,6 +117,10 @@ class Calibration:
     mad: torch.Tensor | None = None  # (bits * copies,): each chip's median absolute deviation about its center
     soft_cov: torch.Tensor | None = None  # (copies, bits, bits): second moments of the soft chips, per copy
     soft_clip: float = SOFT_CLIP
+    # the same second moments on guided marks with random codewords (clean and attacked): a mark under another
+    # key is a null too, and its soft chips spread wider than an unmarked image's (evenly large, where an unmarked
+    # image's few large chips are clipped). The soft test's null variance for a key is the larger of the two
+    soft_cov_marked: torch.Tensor | None = None
 
     @property
     def statistic(self) -> str:
@@ -142,7 +146,8 @@ class Calibration:
     def head(self, n: int) -> "Calibration":
         """The calibration of the first n logits (a ViewedDecoder's file view, n one copy's chips)."""
         soft = (self.mad[:n], self.soft_cov[:1]) if self.soft_cov is not None else (None, None)
-        return Calibration(self.center[:n], self.sign_cov[:n, :n], None, None, *soft, self.soft_clip)
+        marked = self.soft_cov_marked[:1] if self.soft_cov_marked is not None else None
+        return Calibration(self.center[:n], self.sign_cov[:n, :n], None, None, *soft, self.soft_clip, marked)
 
     def guide_center(self, n: int) -> torch.Tensor:
         """The per-chip medians of the decoder guidance steers (its first n chips)."""
@@ -161,7 +166,7 @@ def _decoder(path: str | None) -> tuple[MessageDecoder, Calibration]:
         return torch.tensor(cal[k], dtype=torch.float64) if k in cal else None
 
     return dec, Calibration(opt("center"), opt("sign_cov"), tuple(weights) if weights else None, opt("embed_center"),
-                            opt("mad"), opt("soft_cov"), float(cal.get("soft_clip", SOFT_CLIP)))
+                            opt("mad"), opt("soft_cov"), float(cal.get("soft_clip", SOFT_CLIP)), opt("soft_cov_marked"))
 
 
 def decoder_and_center(path: str | None = None) -> tuple[MessageDecoder, Calibration]:
@@ -289,7 +294,10 @@ def zero_bit_test(logits: torch.Tensor, cal: Calibration, key: WatermarkKey,
             idx = c * nb + np.arange(z)
             a_c = (hard[:, idx] == (zero ^ stream[:z])[None]).sum(1)
             if statistic == "soft":
-                sd = float(s @ cal.soft_cov[c, :z, :z] @ s) ** 0.5
+                var = float(s @ cal.soft_cov[c, :z, :z] @ s)
+                if cal.soft_cov_marked is not None:
+                    var = max(var, float(s @ cal.soft_cov_marked[c, :z, :z] @ s))
+                sd = var ** 0.5
                 per_copy.append(norm.sf((soft[:, c] @ s).numpy() / sd))
             else:
                 sd = float(s @ cal.sign_cov[idx][:, idx] @ s) ** 0.5
@@ -359,7 +367,8 @@ def combine(p_values: list[float]) -> float:
     return float(sidak(min(p_values), len(p_values)))
 
 
-def calibrate(decoder_dir: str, model, schedule, *, n_samples: int = 2000, seed: int = 1000, log=print) -> dict:
+def calibrate(decoder_dir: str, model, schedule, *, n_samples: int = 2000, seed: int = 1000, n_marks: int = 256,
+              log=print) -> dict:
     """Measure the decoder's per-chip logit medians on unmarked images and store them in decoder.json.
 
     The negatives are the training digits (mnist5k train) and unmarked samples of the generator (seeds
@@ -386,9 +395,25 @@ def calibrate(decoder_dir: str, model, schedule, *, n_samples: int = 2000, seed:
         embed = torch.cat([dec.embed(x), dec.embed(xa)]) if dec.reader is not None else None
     cal = Calibration.fit(logits, record.get("view_weights"), dec.copies,
                           embed.median(0).values.double() if embed is not None else None)
+    marked_cov = None
+    if n_marks:
+        # the soft test's other null: guided marks with random codewords (seeds 90,000 on), as made, read in the view
+        # they are written for (the file itself). That is the strongest reading a mark gets, so its spread bounds what
+        # a mark under another key does in any view (an attacked mark read in the view that undoes the attack)
+        from dataclasses import replace
+
+        from watermark.reader import guided_marks
+
+        marks, _ = guided_marks(n_marks, seed=90_000, chunk=128, net=dec.embed,
+                                center=cal.guide_center(dec.embed.config.bits), log=log)
+        with torch.inference_mode():
+            zm = soft_chips(dec(marks), cal.center, cal.mad, dec.copies, cal.soft_clip)[:, 0]
+        marked_cov = (zm.T @ zm / len(zm)).expand(dec.copies, -1, -1).contiguous()
+        cal = replace(cal, soft_cov_marked=marked_cov)
     hard = (logits - cal.center.float() < 0).float()
     record["calibration"] = {"center": cal.center.tolist(), "sign_cov": cal.sign_cov.tolist(),
                              "mad": cal.mad.tolist(), "soft_cov": cal.soft_cov.tolist(), "soft_clip": cal.soft_clip,
+                             **({"soft_cov_marked": marked_cov.tolist(), "marks": n_marks} if n_marks else {}),
                              **({"embed_center": cal.embed_center.tolist()} if embed is not None else {}),
                              "n": len(logits), "real_train": len(real),
                              "samples": n_samples, "seed": seed,
@@ -418,7 +443,9 @@ if __name__ == "__main__":
                                  description="calibrate the watermark decoder's chip centres on unmarked images")
     ap.add_argument("--calibrate", required=True, metavar="DECODER_DIR")
     ap.add_argument("--n-samples", type=int, default=2000)
+    ap.add_argument("--n-marks", type=int, default=256,
+                    help="guided marks with random codewords for the soft test's other null (0: none)")
     a = ap.parse_args()
     m, sch, _ = load_model(None)
-    calibrate(a.calibrate, m, sch, n_samples=a.n_samples)
+    calibrate(a.calibrate, m, sch, n_samples=a.n_samples, n_marks=a.n_marks)
     sys.exit(0)

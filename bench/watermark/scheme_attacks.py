@@ -88,11 +88,12 @@ def copy_attack(host: torch.Tensor, source: torch.Tensor, weight: float, steps: 
     L-infinity ball stalled at chance here: the decoder's frame and brightness normalisation mask the sign.)
     `file_view_only`: for a decoder read under several views, attack only the file itself (the view the marks
     are written for, and the one the verifier gives the largest share of alpha): the adaptive attacker's choice,
-    since the other views read a marked file's chips as noise."""
+    since the other views read a marked file's chips as noise. The network attacked is the one that reads the file
+    view: the decoder's reader when it has one (watermark.reader), else the decoder itself."""
     dec, cal = decoder_and_center(decoder)
     if file_view_only:
-        dec = dec.embed
-        cal = cal.head(dec.config.bits * dec.copies)
+        dec = dec.embed if dec.reader is None else dec.reader
+        cal = cal.head(dec.config.bits)
     center = cal.center.float()
     with torch.no_grad():
         target = torch.sign(dec(source) - center)
