@@ -6,6 +6,8 @@ the guided marks as `sample --guided-mark` makes them.
 
     python bench/watermark/read_views.py make --key-seed 1 --n 100 --out runs/views/dev.safetensors
     python bench/watermark/read_views.py read runs/views/dev.safetensors --views id,sx,sy --weights 0.8,0.1,0.1
+    python bench/watermark/read_views.py read runs/views/dev.safetensors --views id,sx,sy,unbright \
+        --weights 0.7,0.1,0.1,0.1 --soft 1.5 --decoder READER_DIR     # the soft test, a reader's network
 
 The views and weights that ship are in the bundled decoder's record (watermark.decoder.READ_VIEWS); this bench
 applies its own views to the plain decoder, so it can measure ones that do not ship (median, blur, floor).
