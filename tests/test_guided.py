@@ -239,7 +239,7 @@ def test_soft_statistic_is_calibrated_for_a_fixed_key_gains_power_and_ignores_ot
     # the other null (marks under random codewords) enters as the larger of the two variances, never the smaller
     from dataclasses import replace
 
-    wide, narrow = replace(cal, soft_cov_marked=4 * cal.soft_cov), replace(cal, soft_cov_marked=0.25 * cal.soft_cov)
+    wide, narrow = replace(cal, soft_cov_marked=4 * cal.soft_cov[0]), replace(cal, soft_cov_marked=0.25 * cal.soft_cov[0])
     p0, pw, pn = (zero_bit_test(weak[:200], c, KEY)[0] for c in (cal, wide, narrow))
     up = p0 < 0.5  # a positive statistic: a wider null can only raise its p-value
     assert np.allclose(pn, p0) and (pw[up] > p0[up]).all() and (pw < 0.01).sum() < (p0 < 0.01).sum()

@@ -120,7 +120,7 @@ class Calibration:
     # the same second moments on guided marks with random codewords (clean and attacked): a mark under another
     # key is a null too, and its soft chips spread wider than an unmarked image's (evenly large, where an unmarked
     # image's few large chips are clipped). The soft test's null variance for a key is the larger of the two
-    soft_cov_marked: torch.Tensor | None = None
+    soft_cov_marked: torch.Tensor | None = None  # (bits, bits): one matrix, the file view's, bounds every view
 
     @property
     def statistic(self) -> str:
@@ -145,9 +145,11 @@ class Calibration:
 
     def head(self, n: int) -> "Calibration":
         """The calibration of the first n logits (a ViewedDecoder's file view, n one copy's chips)."""
-        soft = (self.mad[:n], self.soft_cov[:1]) if self.soft_cov is not None else (None, None)
-        marked = self.soft_cov_marked[:1] if self.soft_cov_marked is not None else None
-        return Calibration(self.center[:n], self.sign_cov[:n, :n], None, None, *soft, self.soft_clip, marked)
+        from dataclasses import replace
+
+        soft = self.soft_cov is not None
+        return replace(self, center=self.center[:n], sign_cov=self.sign_cov[:n, :n], view_weights=None,
+                       embed_center=None, mad=self.mad[:n] if soft else None, soft_cov=self.soft_cov[:1] if soft else None)
 
     def guide_center(self, n: int) -> torch.Tensor:
         """The per-chip medians of the decoder guidance steers (its first n chips)."""
@@ -296,7 +298,7 @@ def zero_bit_test(logits: torch.Tensor, cal: Calibration, key: WatermarkKey,
             if statistic == "soft":
                 var = float(s @ cal.soft_cov[c, :z, :z] @ s)
                 if cal.soft_cov_marked is not None:
-                    var = max(var, float(s @ cal.soft_cov_marked[c, :z, :z] @ s))
+                    var = max(var, float(s @ cal.soft_cov_marked[:z, :z] @ s))
                 sd = var ** 0.5
                 per_copy.append(norm.sf((soft[:, c] @ s).numpy() / sd))
             else:
@@ -408,7 +410,7 @@ def calibrate(decoder_dir: str, model, schedule, *, n_samples: int = 2000, seed:
                                 center=cal.guide_center(dec.embed.config.bits), log=log)
         with torch.inference_mode():
             zm = soft_chips(dec(marks), cal.center, cal.mad, dec.copies, cal.soft_clip)[:, 0]
-        marked_cov = (zm.T @ zm / len(zm)).expand(dec.copies, -1, -1).contiguous()
+        marked_cov = zm.T @ zm / len(zm)
         cal = replace(cal, soft_cov_marked=marked_cov)
     hard = (logits - cal.center.float() < 0).float()
     record["calibration"] = {"center": cal.center.tolist(), "sign_cov": cal.sign_cov.tolist(),
