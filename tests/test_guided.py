@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from generator.checkpoint import BUNDLED, load_model
+from generator.errors import GuardError
 from generator.perturb import jpeg, random_resized_crop, rotate
 from watermark.decoder import DecoderConfig, MessageDecoder, TrainConfig, attack_layer, load_decoder, train_decoder
 from watermark.guided import (Calibration, GuidedScheme, codeword, combine, guide_x0, read_logits,
@@ -35,6 +36,40 @@ def test_attack_layer_keeps_shape_range_and_passes_gradients():
     assert torch.equal(y.detach(), y2)  # seeded
     same = attack_layer(x.detach(), torch.Generator().manual_seed(0), identity_share=1.0)
     assert torch.allclose(same, ((x.detach() + 1) * 127.5).round() / 127.5 - 1, atol=1e-6)
+
+
+def test_attack_layer_applies_the_attacks_it_is_told_to():
+    from watermark.decoder import ATTACK_NAMES
+
+    x = torch.full((6, 1, 28, 28), -1.0)
+    x[:, :, 8:20, 12:16] = 1.0  # a bar on black
+    names = ["identity", "noise", "brightness", "identity", "noise", "brightness"]
+    kinds = torch.tensor([ATTACK_NAMES.index(n) for n in names])
+    y = attack_layer(x, torch.Generator().manual_seed(0), kinds=kinds)
+    changed = (y != x).flatten(1).float().mean(1)
+    assert changed[0] == 0 and changed[3] == 0  # identity: the 8-bit file as it is
+    assert changed[1] > 0.3 and changed[4] > 0.3  # noise reaches most pixels (the black ones only when positive)
+    assert ((y[2] > -1) == (x[2] > -1)).all()  # brightness scales: the black background stays black
+    for bad in (torch.tensor([0, 1]), torch.tensor([0, 1, 2, 3, 4, len(ATTACK_NAMES)])):
+        with pytest.raises(GuardError):
+            attack_layer(x, torch.Generator().manual_seed(0), kinds=bad)
+
+
+def test_guidance_copies_take_the_scheme_s_attacks_and_refuse_unknown_ones():
+    from watermark.guided import check_scheme, eot_kinds
+
+    dec = MessageDecoder(DecoderConfig(width=8)).eval().requires_grad_(False)
+    assert eot_kinds(GuidedScheme()) is None
+    assert eot_kinds(GuidedScheme(eot=2, eot_kinds="identity, noise")).tolist() == [0, 5]
+    for bad in ("identity,noise", "identity,noise,crop,sharpen"):
+        with pytest.raises(GuardError, match="eot_kinds"):
+            check_scheme(dec, GuidedScheme(eot=4, eot_kinds=bad))
+    x0 = torch.rand(4, 1, 28, 28) * 2 - 1
+    cw = codeword(KEY, 1).expand(4, -1)
+    center = dec(x0).median(0).values
+    a, b = (guide_x0(x0, cw, dec, center, GuidedScheme(eot=2, eot_kinds=k), torch.Generator().manual_seed(0))
+            for k in ("identity,identity", "identity,noise"))
+    assert not torch.equal(a, b)  # the noisy copy pulls the edit elsewhere
 
 
 def test_canonical_frame_undoes_rotation():
@@ -239,10 +274,21 @@ def test_soft_statistic_is_calibrated_for_a_fixed_key_gains_power_and_ignores_ot
     # the other null (marks under random codewords) enters as the larger of the two variances, never the smaller
     from dataclasses import replace
 
-    wide, narrow = replace(cal, soft_cov_marked=4 * cal.soft_cov[0]), replace(cal, soft_cov_marked=0.25 * cal.soft_cov[0])
+    everywhere = replace(cal, energy_split=None)  # no split: every image takes the larger of the two
+    wide, narrow = (replace(everywhere, soft_cov_marked=f * cal.soft_cov[0]) for f in (4, 0.25))
     p0, pw, pn = (zero_bit_test(weak[:200], c, KEY)[0] for c in (cal, wide, narrow))
     up = p0 < 0.5  # a positive statistic: a wider null can only raise its p-value
     assert np.allclose(pn, p0) and (pw[up] > p0[up]).all() and (pw < 0.01).sum() < (p0 < 0.01).sum()
+    # with the split (the unmarked energy's 99th percentile), only images reading above it take the marked null
+    from watermark.guided import soft_energy
+
+    assert cal.energy_split is not None and abs(float((soft_energy(null(4000), cal.center, cal.mad, 1)[:, 0]
+                                                       < cal.energy_split[0]).float().mean()) - 0.99) < 0.01
+    mixed = torch.cat([weak[:200], null(200) + 6 * codeword(KEY, 0xC0FFEE42)[None] * scale])
+    hi = (soft_energy(mixed, cal.center, cal.mad, 1)[:, 0] >= cal.energy_split[0]).numpy()
+    assert hi[200:].all() and hi[:200].mean() < 0.5  # strong marks above, weak ones mostly below
+    ps, pws = (zero_bit_test(mixed, c, KEY)[0] for c in (cal, replace(cal, soft_cov_marked=4 * cal.soft_cov[0])))
+    assert np.allclose(pws[~hi], ps[~hi]) and (pws[hi] > ps[hi]).all()
     strong_other = null(4000) + 6 * codeword(OTHER, 0x1234)[None] * scale
     p = np.array([r.p_value for r in read_logits(strong_other, cal, KEY)])
     assert (p < 0.01).mean() < 0.01 + 4 * np.sqrt(0.01 * 0.99 / len(p)), (p < 0.01).mean()

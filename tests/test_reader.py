@@ -43,6 +43,13 @@ def test_training_a_reader_teaches_it_to_read_the_marks(tmp_path):
     assert load_decoder(base)[0].reader is not None
     assert main(["train", str(tmp_path / "nothing.safetensors"), "--out", str(tmp_path / "x"),
                  "--decoder", str(base)]) == 2
+    # weighted attacks: recorded; an unknown attack or a malformed weight is one message, exit 2
+    train_reader([tmp_path / "m.safetensors"], tmp_path / "rw", steps=2, decoder=str(base),
+                 attack_weights={"noise": 3.0}, log=lambda s: None)
+    assert load_decoder(tmp_path / "rw")[1]["reader_training"]["attack_weights"] == {"noise": 3.0}
+    for bad in ("sharpen=2", "noise", "noise=x", "noise=-1"):
+        assert main(["train", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "x"), "--decoder", str(base),
+                     "--steps", "2", "--attack-weights", bad]) == 2, bad
 
 
 @pytest.mark.skipif(not (BUNDLED / "model.safetensors").exists(), reason="needs the bundled model")

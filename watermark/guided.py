@@ -46,6 +46,9 @@ class GuidedScheme:
     # 0.02 -> mean TPR over clean + the six attacks 0.55 at 36 dB PSNR; 0.05 -> 0.72 at 28 dB, class accuracy 1.0
     step_size: float = 0.05
     eot: int = 4  # attacked copies of x0 averaged per gradient
+    # the copies' attacks, comma-separated names from watermark.decoder.ATTACK_NAMES, one per copy (strengths stay
+    # random); None draws each copy's attack as the decoder's training did (identity for one copy in eot)
+    eot_kinds: str | None = None
     margin: float = 3.0  # hinge: a chip stops pulling once its centred logit agrees by this much
     # zero-bit test. "sign": the agreement count over its null standard deviation for this key, from the chips'
     # covariance on unmarked images (calibration); "binomial": chips taken as fair independent coins. The chips
@@ -96,8 +99,18 @@ def soft_chips(logits: torch.Tensor, center: torch.Tensor, mad: torch.Tensor, co
     images, each copy's chips divided by their rms over the copy (so an image whose chips are all large, a strong
     mark under another key, scores like any other), clipped at +-clip."""
     z = ((logits.double() - center) / mad).view(len(logits), copies, -1)
-    z = z / z.pow(2).mean(2, keepdim=True).sqrt().clamp(min=1e-9)
+    z = z / soft_energy(logits, center, mad, copies).unsqueeze(2).clamp(min=1e-9)
     return z.clamp(-clip, clip)
+
+
+ENERGY_QUANTILE = 0.99  # the unmarked chip energy's quantile above which the soft test also takes the marked null
+
+
+def soft_energy(logits: torch.Tensor, center: torch.Tensor, mad: torch.Tensor, copies: int) -> torch.Tensor:
+    """(B, bits * copies) logits -> (B, copies): the rms of each copy's standardised chips before soft_chips divides
+    it out. It does not depend on any key: a strong mark (under any key) reads high, an unmarked image low."""
+    z = ((logits.double() - center) / mad).view(len(logits), copies, -1)
+    return z.pow(2).mean(2).sqrt()
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,10 @@ class Calibration:
     # key is a null too, and its soft chips spread wider than an unmarked image's (evenly large, where an unmarked
     # image's few large chips are clipped). The soft test's null variance for a key is the larger of the two
     soft_cov_marked: torch.Tensor | None = None  # (bits, bits): one matrix, the file view's, bounds every view
+    # (copies,): each copy's ENERGY_QUANTILE of the unmarked images' chip energy (soft_energy). Below it an image reads
+    # like an unmarked one and the unmarked null alone applies; at or above it the larger of the two. The energy does
+    # not depend on the key, so each null holds given it. None: the larger of the two everywhere (before 2026-11-28)
+    energy_split: torch.Tensor | None = None
 
     @property
     def statistic(self) -> str:
@@ -140,8 +157,10 @@ class Calibration:
         mad = (logits - center).abs().median(0).values.double().clamp(min=1e-6)
         z = soft_chips(logits, center.double(), mad, copies, soft_clip)
         soft_cov = torch.einsum("ncj,nck->cjk", z, z) / len(z)
+        split = torch.quantile(soft_energy(logits, center.double(), mad, copies), ENERGY_QUANTILE, dim=0)
         return cls(center.double(), (signs.T @ signs / len(signs)).double(),
-                   tuple(view_weights) if view_weights else None, embed_center, mad, soft_cov, soft_clip)
+                   tuple(view_weights) if view_weights else None, embed_center, mad, soft_cov, soft_clip,
+                   energy_split=split)
 
     def head(self, n: int) -> "Calibration":
         """The calibration of the first n logits (a ViewedDecoder's file view, n one copy's chips)."""
@@ -149,7 +168,8 @@ class Calibration:
 
         soft = self.soft_cov is not None
         return replace(self, center=self.center[:n], sign_cov=self.sign_cov[:n, :n], view_weights=None,
-                       embed_center=None, mad=self.mad[:n] if soft else None, soft_cov=self.soft_cov[:1] if soft else None)
+                       embed_center=None, mad=self.mad[:n] if soft else None, soft_cov=self.soft_cov[:1] if soft else None,
+                       energy_split=self.energy_split[:1] if self.energy_split is not None else None)
 
     def guide_center(self, n: int) -> torch.Tensor:
         """The per-chip medians of the decoder guidance steers (its first n chips)."""
@@ -168,7 +188,8 @@ def _decoder(path: str | None) -> tuple[MessageDecoder, Calibration]:
         return torch.tensor(cal[k], dtype=torch.float64) if k in cal else None
 
     return dec, Calibration(opt("center"), opt("sign_cov"), tuple(weights) if weights else None, opt("embed_center"),
-                            opt("mad"), opt("soft_cov"), float(cal.get("soft_clip", SOFT_CLIP)), opt("soft_cov_marked"))
+                            opt("mad"), opt("soft_cov"), float(cal.get("soft_clip", SOFT_CLIP)), opt("soft_cov_marked"),
+                            opt("energy_split"))
 
 
 def decoder_and_center(path: str | None = None) -> tuple[MessageDecoder, Calibration]:
@@ -189,6 +210,19 @@ def guided_applies(shape: tuple[int, ...], decoder: str | None = None) -> bool:
 def check_scheme(dec: MessageDecoder, scheme: GuidedScheme) -> None:
     if dec.config.bits != scheme.bits:
         raise GuardError(f"the decoder reads {dec.config.bits} chips; the scheme needs {scheme.bits}")
+    eot_kinds(scheme)
+
+
+def eot_kinds(scheme: GuidedScheme) -> torch.Tensor | None:
+    """The scheme's fixed attack per guidance copy, as indices into ATTACK_NAMES (None: drawn at random)."""
+    from watermark.decoder import ATTACK_NAMES
+
+    if scheme.eot_kinds is None:
+        return None
+    names = [n.strip() for n in scheme.eot_kinds.split(",")]
+    if len(names) != scheme.eot or set(names) - set(ATTACK_NAMES):
+        raise GuardError(f"eot_kinds must name {scheme.eot} attacks from {ATTACK_NAMES}; got {scheme.eot_kinds!r}")
+    return torch.tensor([ATTACK_NAMES.index(n) for n in names])
 
 
 def guide_x0(x0: torch.Tensor, chips: torch.Tensor, dec: MessageDecoder, center: torch.Tensor,
@@ -205,10 +239,13 @@ def guide_x0(x0: torch.Tensor, chips: torch.Tensor, dec: MessageDecoder, center:
         mask = None
         if scheme.stroke_level is not None:
             mask = stroke_mask(x, scheme.stroke_level, scheme.stroke_ceiling)
+        kinds = eot_kinds(scheme)
+        if kinds is not None:
+            kinds = kinds.repeat_interleave(len(x))  # x.repeat stacks the copies block by block
         for _ in range(scheme.iters):
             var = (field if field is not None else x).requires_grad_(True)
             img = dilate(x, field) if field is not None else x
-            copies = attack_layer(img.repeat(scheme.eot, 1, 1, 1), gen, identity_share=1.0 / scheme.eot)
+            copies = attack_layer(img.repeat(scheme.eot, 1, 1, 1), gen, identity_share=1.0 / scheme.eot, kinds=kinds)
             logits = dec(copies) - ctr
             loss = F.softplus(scheme.margin - c.repeat(scheme.eot, 1) * logits).mean()
             (g,) = torch.autograd.grad(loss, var)
@@ -291,16 +328,18 @@ def zero_bit_test(logits: torch.Tensor, cal: Calibration, key: WatermarkKey,
                 raise GuardError("the decoder's calibration has no soft moments: recalibrate it "
                                  "(python -m watermark.guided --calibrate)")
             soft = soft_chips(logits, cal.center, cal.mad, copies, cal.soft_clip)[:, :, :z]
+            # which images also take the marked null: all (no split stored), or those reading above the split
+            strong = (np.ones((len(logits), copies), bool) if cal.energy_split is None else
+                      (soft_energy(logits, cal.center, cal.mad, copies) >= cal.energy_split).numpy())
         per_copy, agree_c = [], []
         for c in range(copies):
             idx = c * nb + np.arange(z)
             a_c = (hard[:, idx] == (zero ^ stream[:z])[None]).sum(1)
             if statistic == "soft":
-                var = float(s @ cal.soft_cov[c, :z, :z] @ s)
+                var = np.full(len(logits), float(s @ cal.soft_cov[c, :z, :z] @ s))
                 if cal.soft_cov_marked is not None:
-                    var = max(var, float(s @ cal.soft_cov_marked[:z, :z] @ s))
-                sd = var ** 0.5
-                per_copy.append(norm.sf((soft[:, c] @ s).numpy() / sd))
+                    var[strong[:, c]] = np.maximum(var[strong[:, c]], float(s @ cal.soft_cov_marked[:z, :z] @ s))
+                per_copy.append(norm.sf((soft[:, c] @ s).numpy() / np.sqrt(var)))
             else:
                 sd = float(s @ cal.sign_cov[idx][:, idx] @ s) ** 0.5
                 per_copy.append(norm.sf((2 * a_c - z - 1 + 2 * u) / sd))
@@ -415,6 +454,7 @@ def calibrate(decoder_dir: str, model, schedule, *, n_samples: int = 2000, seed:
     hard = (logits - cal.center.float() < 0).float()
     record["calibration"] = {"center": cal.center.tolist(), "sign_cov": cal.sign_cov.tolist(),
                              "mad": cal.mad.tolist(), "soft_cov": cal.soft_cov.tolist(), "soft_clip": cal.soft_clip,
+                             "energy_split": cal.energy_split.tolist(), "energy_quantile": ENERGY_QUANTILE,
                              **({"soft_cov_marked": marked_cov.tolist(), "marks": n_marks} if n_marks else {}),
                              **({"embed_center": cal.embed_center.tolist()} if embed is not None else {}),
                              "n": len(logits), "real_train": len(real),

@@ -98,12 +98,22 @@ def load_marks(paths: list[str | Path]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_reader(marks: list[str | Path], out: str | Path, *, steps: int = 3000, batch_size: int = 64,
                  lr: float = 3e-4, identity_share: float = 0.15, max_aspect: float = 4 / 3, seed: int = 0,
-                 decoder: str | None = None, log=print) -> dict:
+                 decoder: str | None = None, attack_weights: dict[str, float] | None = None, log=print) -> dict:
     """Fine-tune a copy of the decoder guidance steers (the bundled one by default) to read each mark's chips
     (binary cross-entropy) through the attack layer (crops with an aspect ratio up to `max_aspect`); the first
-    tenth of the marks is held out to report the bit accuracy, clean and attacked. Writes a plain decoder folder
-    to `out` (watermark.decoder.set_reader attaches it)."""
-    from watermark.decoder import attack_layer, load_decoder, save_decoder
+    tenth of the marks is held out to report the bit accuracy, clean and attacked. `attack_weights`: relative
+    weights of the attack layer's attacks (names from ATTACK_NAMES but identity; 1 for those not named), for the
+    share that is attacked. Writes a plain decoder folder to `out` (watermark.decoder.set_reader attaches it)."""
+    from watermark.decoder import ATTACK_NAMES, attack_layer, load_decoder, save_decoder
+
+    probs = None
+    if attack_weights:
+        if set(attack_weights) - set(ATTACK_NAMES[1:]) or min(attack_weights.values()) < 0:
+            raise GuardError(f"attack weights name attacks from {ATTACK_NAMES[1:]}, each >= 0; got {attack_weights}")
+        w = torch.tensor([attack_weights.get(n, 1.0) for n in ATTACK_NAMES[1:]], dtype=torch.float64)
+        if w.sum() <= 0:
+            raise GuardError("the attack weights sum to 0")
+        probs = torch.cat([torch.tensor([identity_share], dtype=torch.float64), (1 - identity_share) * w / w.sum()])
 
     x, c = load_marks(marks)
     dec, record = load_decoder(decoder)
@@ -131,7 +141,8 @@ def train_reader(marks: list[str | Path], out: str | Path, *, steps: int = 3000,
     t0 = time.time()
     for step in range(steps):
         idx = torch.randint(0, len(xt), (batch_size,), generator=g)
-        xa = attack_layer(xt[idx], g, identity_share=identity_share, max_aspect=max_aspect).detach()
+        kinds = None if probs is None else torch.multinomial(probs, batch_size, replacement=True, generator=g)
+        xa = attack_layer(xt[idx], g, identity_share=identity_share, max_aspect=max_aspect, kinds=kinds).detach()
         loss = F.binary_cross_entropy_with_logits(reader(xa), (ct[idx] + 1) / 2)
         opt.zero_grad()
         loss.backward()
@@ -143,7 +154,8 @@ def train_reader(marks: list[str | Path], out: str | Path, *, steps: int = 3000,
     reader.eval().requires_grad_(False)
     info = {"marks": [str(p) for p in marks], "n_marks": len(x), "held_out": n_val, "steps": steps,
             "batch_size": batch_size, "lr": lr, "identity_share": identity_share, "max_aspect": max_aspect,
-            "seed": seed, "from": str(decoder or "bundled"), "bit_accuracy_before": start,
+            "seed": seed, "from": str(decoder or "bundled"), "attack_weights": attack_weights,
+            "bit_accuracy_before": start,
             "bit_accuracy_after": held_out()}
     keep = {k: v for k, v in record.items() if k not in ("decoder", "calibration", "read_views", "view_weights",
                                                          "reader", "members")}
@@ -169,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--max-aspect", type=float, default=4 / 3)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--attack-weights", default=None, metavar="NAME=W,...",
+                   help="relative weights of the attacks in training (1 for those not named), e.g. noise=3")
     for q in (m, t):
         q.add_argument("--decoder", default=None, help="the decoder folder guidance steers (default: the bundled one)")
     a = p.parse_args(argv)
@@ -177,8 +191,14 @@ def main(argv: list[str] | None = None) -> int:
             make_marks(a.n, a.out, seed=a.seed, chunk=a.chunk, start=a.start, decoder=a.decoder,
                        log=lambda s: print(s, flush=True))
         else:
+            weights = None
+            if a.attack_weights:
+                try:
+                    weights = {k.strip(): float(v) for k, v in (kv.split("=") for kv in a.attack_weights.split(","))}
+                except ValueError:
+                    raise GuardError(f"--attack-weights takes NAME=W pairs, comma-separated; got {a.attack_weights!r}")
             info = train_reader(a.marks, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                                max_aspect=a.max_aspect, seed=a.seed, decoder=a.decoder,
+                                max_aspect=a.max_aspect, seed=a.seed, decoder=a.decoder, attack_weights=weights,
                                 log=lambda s: print(s, flush=True))
             print(json.dumps(info))
     except GuardError as e:

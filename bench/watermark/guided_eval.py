@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--attacks", default=None, help="comma-separated (default: the suite and the held-out edits)")
     ap.add_argument("--fid-seeds", type=int, default=0)
     ap.add_argument("--psnr-n", type=int, default=100)
+    ap.add_argument("--other-keys", type=int, default=None,
+                    help="how many keys the other-key marks come from (default --n: one mark per key)")
     ap.add_argument("--out", default=None)
     add_config_arguments(ap, GuidedScheme)
     a = ap.parse_args()
@@ -37,7 +39,7 @@ def main() -> None:
     model, schedule, _ = load_model(None)
     kw = {"attacks": tuple(a.attacks.split(","))} if a.attacks else {}
     report = evaluate_guided(model, schedule, key, n=a.n, n_negative=a.n_negative, seed=a.seed, fid_seeds=a.fid_seeds,
-                             psnr_n=a.psnr_n, decoder=a.decoder, scheme=scheme, log=lambda s: print(s, flush=True), **kw)
+                             psnr_n=a.psnr_n, decoder=a.decoder, scheme=scheme, other_keys=a.other_keys, log=lambda s: print(s, flush=True), **kw)
     print(json.dumps({k: v for k, v in report.items() if k != "attacks"}, indent=1))
     if a.out:
         with open(a.out, "w") as f:
