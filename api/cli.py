@@ -82,6 +82,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     key, payload, signer = _marking_args(a)
     if a.guided_mark and key is None:
         raise GuardError("--guided-mark needs --watermark-key")
+    if a.decoder is not None and not a.guided_mark:
+        raise GuardError("--decoder goes with --guided-mark")
     if a.prompt is not None:
         if a.label is not None:
             raise GuardError("give --prompt or --label, not both")
@@ -105,7 +107,12 @@ def cmd_sample(a: argparse.Namespace) -> int:
     if key is not None:
         from watermark.embed import generate_watermarked
 
-        images, labels = generate_watermarked(model, schedule, key, payload, a.n, guided=a.guided_mark, **kw)
+        if a.decoder is not None:
+            from watermark.guided import decoder_and_center
+
+            decoder_and_center(a.decoder)  # a folder that is no calibrated decoder fails here, before sampling
+        images, labels = generate_watermarked(model, schedule, key, payload, a.n, guided=a.guided_mark,
+                                              decoder=a.decoder, **kw)
     else:
         images, labels = generate(model, schedule, a.n, **kw)
     paths = write_samples(images, a.out, labels)
@@ -344,7 +351,7 @@ def cmd_watermark_verify(a: argparse.Namespace) -> int:
 
     key = _load_key(a.key)
     rows = verify_files(a.paths, key, checkpoint=a.checkpoint, alpha=a.alpha, steps=a.steps, search=a.search,
-                        deep=not a.fast, progress=not a.json)
+                        deep=not a.fast, progress=not a.json, decoder=a.decoder)
     _print_rows(rows, a.json, ["path", "watermarked", "p_value", "payload", "zero_bit_agreement", "error"])
     return _exit_status(rows)
 
@@ -604,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guided-mark", action="store_true",
                    help="with --watermark-key: also steer the late steps toward the robust decoder's codeword "
                         "(survives rotation, blur, JPEG; costs visible quality, see BENCHMARKS.md)")
+    s.add_argument("--decoder", default=None, metavar="DECODER_DIR",
+                   help="with --guided-mark: steer toward this calibrated decoder folder instead of the bundled one "
+                        "(keep it private: whoever holds the decoder can copy the mark; README, threat model)")
     s.add_argument("--sign", default=None, metavar="SIGNER_DIR",
                    help="add a signed C2PA manifest and IPTC XMP DigitalSourceType (keys new-signer makes SIGNER_DIR)")
     s.set_defaults(func=cmd_sample)
@@ -683,6 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
     wv.add_argument("--search", action="store_true",
                     help="also try 24 inverse rotations (25x slower; measured to recover nothing on the bundled model)")
     wv.add_argument("--checkpoint", default=None)
+    wv.add_argument("--decoder", default=None, metavar="DECODER_DIR",
+                    help="read the guided mark with this decoder folder (the one `sample --decoder` used)")
     wv.add_argument("--json", action="store_true")
     wv.add_argument("paths", nargs="+")
     wv.set_defaults(func=cmd_watermark_verify)

@@ -187,3 +187,57 @@ def test_a_student_checkpoint_samples_on_its_own_grid_by_default(tmp_path):
     b = run("sample", "--checkpoint", str(student), "--n", "3", "--seed", "2", "--steps", "4", "--out", str(tmp_path / "b"))
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     assert all(f.read_bytes() == (tmp_path / "b" / f.name).read_bytes() for f in (tmp_path / "a").glob("sample_*.png"))
+
+
+@pytest.mark.skipif(not (BUNDLED / "model.safetensors").exists(), reason="bundled model not trained yet")
+def test_a_private_decoder_marks_and_reads_its_own_marks(tmp_path):
+    """`sample --guided-mark --decoder D` steers toward D and `watermark verify --decoder D` reads with it; the
+    bundled decoder does not read those marks. A missing or damaged decoder folder is one message, exit 2."""
+    import json
+
+    import torch
+
+    from generator.checkpoint import load_model
+    from watermark.decoder import MessageDecoder, load_decoder, save_decoder
+    from watermark.guided import calibrate
+
+    # a private decoder: the bundled network with its 72 outputs in a secret order, so its chips are not the
+    # bundled decoder's
+    member = load_decoder(None)[0].embed
+    perm = torch.randperm(72, generator=torch.Generator().manual_seed(5))
+    state = {k: (v[perm] if k.startswith("head.") else v) for k, v in member.state_dict().items()}
+    private = MessageDecoder(member.config)
+    private.load_state_dict(state)
+    dec = tmp_path / "private"
+    dec.mkdir()
+    save_decoder(dec, private, {})
+    model, schedule, _ = load_model(None)
+    calibrate(str(dec), model, schedule, n_samples=16, n_marks=0, log=lambda s: None)
+    from watermark.keys import HEADER
+
+    (tmp_path / "k.key").write_text(f"{HEADER}\n{bytes(range(32)).hex()}\n")  # a fixed key: the test is seeded
+    (tmp_path / "k.key").chmod(0o600)
+    made = run("sample", "--n", "4", "--out", str(tmp_path / "m"), "--watermark-key",
+               str(tmp_path / "k.key"), "--guided-mark", "--decoder", str(dec), "--payload", "c0ffee42")
+    assert made.returncode == 0, made.stderr
+    files = [str(f) for f in sorted((tmp_path / "m").glob("sample_*.png"))]
+    own, bundled = (run("watermark", "verify", "--fast", "--json", "--key", str(tmp_path / "k.key"), *extra, *files)
+                    for extra in (["--decoder", str(dec)], []))
+    assert own.returncode == 0 and bundled.returncode in (0, 1), (own.stderr, bundled.stderr)
+    rows_own = [json.loads(line) for line in own.stdout.splitlines() if line.strip()]
+    rows_bundled = [json.loads(line) for line in bundled.stdout.splitlines() if line.strip()]
+    assert len(rows_own) == 4 and all(r["watermarked"] for r in rows_own), [r["p_value"] for r in rows_own]
+    assert not any(r["watermarked"] for r in rows_bundled)
+    for bad, match in ((tmp_path / "nothing", "no watermark decoder"), (tmp_path / "damaged", "not a readable")):
+        if bad.name == "damaged":
+            bad.mkdir()
+            (bad / "decoder.json").write_text("{not json")
+            (bad / "decoder.safetensors").write_bytes(b"junk")
+        for args in (["sample", "--n", "1", "--out", str(tmp_path / "x"), "--watermark-key", str(tmp_path / "k.key"),
+                      "--guided-mark", "--decoder", str(bad)],
+                     ["watermark", "verify", "--fast", "--key", str(tmp_path / "k.key"), "--decoder", str(bad),
+                      str(tmp_path / "m")]):
+            r = run(*args)
+            assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    r = run("sample", "--n", "1", "--out", str(tmp_path / "x"), "--decoder", str(dec))
+    assert r.returncode == 2 and "--guided-mark" in r.stderr

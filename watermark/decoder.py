@@ -579,18 +579,24 @@ def load_decoder(path: str | Path | None = None) -> tuple[nn.Module, dict]:
     d = Path(path) if path is not None else WEIGHTS
     if not (d / "decoder.json").is_file() or not (d / "decoder.safetensors").is_file():
         raise GuardError(f"{d}: no watermark decoder (decoder.json + decoder.safetensors) there")
-    record = json.loads((d / "decoder.json").read_text())
-    if "members" in record:
-        dec = DecoderEnsemble([MessageDecoder(DecoderConfig(**c)) for c in record["members"]])
-    else:
-        dec = MessageDecoder(DecoderConfig(**record["decoder"]))
-    dec.load_state_dict(load_file(str(d / "decoder.safetensors")))
-    reader = None
-    if record.get("reader"):
-        if "members" in record or not (d / READER_FILE).is_file():
-            raise GuardError(f"{d}: the record names a reader but {READER_FILE} is missing (or the decoder is an ensemble)")
-        reader = MessageDecoder(dec.config)
-        reader.load_state_dict(load_file(str(d / READER_FILE)))
+    try:
+        record = json.loads((d / "decoder.json").read_text())
+        if "members" in record:
+            dec = DecoderEnsemble([MessageDecoder(DecoderConfig(**c)) for c in record["members"]])
+        else:
+            dec = MessageDecoder(DecoderConfig(**record["decoder"]))
+        dec.load_state_dict(load_file(str(d / "decoder.safetensors")))
+        reader = None
+        if record.get("reader"):
+            if "members" in record or not (d / READER_FILE).is_file():
+                raise GuardError(f"{d}: the record names a reader but {READER_FILE} is missing (or the decoder is an "
+                                 "ensemble)")
+            reader = MessageDecoder(dec.config)
+            reader.load_state_dict(load_file(str(d / READER_FILE)))
+    except GuardError:
+        raise
+    except Exception as e:  # a damaged record or weights file: one message, not a traceback
+        raise GuardError(f"{d}: not a readable watermark decoder ({type(e).__name__})") from None
     if record.get("read_views") or reader is not None:
         dec = ViewedDecoder(dec, record.get("read_views") or ["id"], reader)
     return dec.eval().requires_grad_(False), record

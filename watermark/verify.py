@@ -27,18 +27,19 @@ DEFAULT_STEPS = 10  # DDIM inversion steps; chosen by measurement (BENCHMARKS.md
 
 def verify_files(paths: list[str], key: WatermarkKey, *, checkpoint: str | None = None, alpha: float = 0.01,
                  steps: int | None = None, search: bool = False, scheme: Scheme = Scheme(), deep: bool = True,
-                 progress: bool = False, batch_size: int = 256) -> list[dict]:
+                 progress: bool = False, batch_size: int = 256, decoder: str | None = None) -> list[dict]:
     """One dict per image: {path, watermarked, p_value, payload, payload_valid, bit_errors_corrected,
     zero_bit_agreement, p_guided, p_latent, candidate} or {path, error} for a file that could not be
     read. Unreadable files don't stop the run. Both readers by default; `deep=False` reads only the
-    guided mark (no inversion: for images made with the guided mark)."""
+    guided mark (no inversion: for images made with the guided mark). `decoder`: a decoder folder (a private
+    one, calibrated) instead of the bundled one, for marks made with `sample --guided-mark --decoder`."""
     if not 0 < alpha < 1:
         raise GuardError(f"--alpha must be between 0 and 1, got {alpha}")
     model, schedule, _ = load_model(checkpoint)
     cfg = model.config
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     mode = "L" if cfg.in_channels == 1 else "RGB"
-    fast = guided_applies(shape)
+    fast = guided_applies(shape, decoder)
     deep = deep or search or not fast
     codec = Codec(key, shape, scheme)
     rows: list[dict] = []
@@ -46,7 +47,7 @@ def verify_files(paths: list[str], key: WatermarkKey, *, checkpoint: str | None 
 
     def flush() -> None:
         x = torch.stack([img for _, img in todo])
-        reads = verify_guided(x, key) if fast else [None] * len(x)
+        reads = verify_guided(x, key, decoder=decoder) if fast else [None] * len(x)
         lat = verify(x, codec, model, schedule, alpha=alpha, steps=steps or DEFAULT_STEPS, search=search) \
             if deep else [None] * len(x)
         for (i, _), g, v in zip(todo, reads, lat):
