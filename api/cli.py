@@ -291,7 +291,7 @@ def cmd_scan(a: argparse.Namespace) -> int:
     from api.settings import load_settings
 
     settings = load_settings(a.home, alpha=a.alpha, detector=a.detector,
-                             trust_anchors=a.trust_anchor or None)
+                             trust_anchors=a.trust_anchor or None, watermark_decoder=a.watermark_decoder)
     rt = open_runtime(settings, extra_keys=a.key, watermark=not a.no_watermark)
     rows = scan_paths(a.paths, rt.scanner, progress=not a.json)
     if a.json:
@@ -311,13 +311,18 @@ def cmd_audit(a: argparse.Namespace) -> int:
     from watermark.manifest import load_trust_anchors
     from watermark.keys import load_key
 
-    settings = load_settings(a.home, alpha=a.alpha, detector=a.detector, trust_anchors=a.trust_anchor or None)
+    settings = load_settings(a.home, alpha=a.alpha, detector=a.detector, trust_anchors=a.trust_anchor or None,
+                             watermark_decoder=a.watermark_decoder)
     keys = [str(p) for p in key_files(settings.keys_dir)] if a.watermark else []
     keys += a.key
     if a.watermark and not keys:
         raise GuardError(f"--watermark needs keys: pass --key FILE or use a service home with keys ({settings.keys_dir})")
     for k in keys:
         load_key(k)  # a wrong or open key fails now, not in a worker
+    if keys and settings.watermark_decoder is not None:
+        from watermark.guided import decoder_and_center
+
+        decoder_and_center(settings.watermark_decoder)  # so does a folder that is no calibrated decoder
     if a.training_set:
         from generator.data import load_dataset
 
@@ -325,7 +330,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
     db = settings.db_url if settings.has_store else None
     spec = ScanSpec(detector=settings.detector, checkpoint=settings.checkpoint, key_files=tuple(keys),
                     trust_anchors=load_trust_anchors(settings.anchor_files()), alpha=settings.alpha, db_url=db,
-                    training=a.training_set)
+                    training=a.training_set, decoder=settings.watermark_decoder)
     summary = run_audit(a.path, a.out, spec, engine=a.engine, batch=a.batch, workers=a.workers, address=a.address,
                         progress=not a.json)
     print(json.dumps(summary) if a.json else json.dumps(summary, indent=2))
@@ -656,6 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="false-positive rate of the watermarked-ours verdict (default 0.001; see BENCHMARKS.md)")
     sc.add_argument("--detector", default=None, help="detector folder (default: the bundled detector)")
     sc.add_argument("--no-watermark", action="store_true", help="skip the watermark check (about 20x faster)")
+    sc.add_argument("--watermark-decoder", default=None, metavar="DECODER_DIR",
+                    help="read the guided mark with this (private) decoder folder (default: the bundled decoder)")
     sc.add_argument("--json", action="store_true", help="one JSON object per image")
     sc.set_defaults(func=cmd_scan)
 
@@ -674,6 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--home", default=None, help="service home for keys, trust anchors and account names")
     au.add_argument("--alpha", type=float, default=None)
     au.add_argument("--detector", default=None)
+    au.add_argument("--watermark-decoder", default=None, metavar="DECODER_DIR",
+                    help="read the guided mark with this (private) decoder folder (default: the bundled decoder)")
     au.add_argument("--json", action="store_true", help="print the summary as one JSON line, no progress bar")
     au.set_defaults(func=cmd_audit)
 

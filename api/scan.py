@@ -43,6 +43,7 @@ class Scanner:
     trust_anchors: str | None = None  # PEM; manifests chaining to these read Trusted
     alpha: float = 1e-3  # watermark false-positive rate for the whole ring (api.settings.Settings.alpha says why)
     account_name: Callable[[int], str | None] | None = None  # payload (account id) -> account name
+    decoder: str | None = None  # the guided mark's decoder folder (a private one); None: the bundled decoder
 
 
 def _decoded(name: str, data: bytes | None, error: str | None):
@@ -106,7 +107,8 @@ def _watermarks(fitted: Callable[[tuple], torch.Tensor], n: int, scanner: Scanne
     cfg = scanner.model.config
     x = fitted((cfg.in_channels, cfg.image_size, cfg.image_size))
     out = []
-    for v in verify_images(x, scanner.keys, scanner.model, scanner.schedule, alpha=scanner.alpha, guided=True):
+    for v in verify_images(x, scanner.keys, scanner.model, scanner.schedule, alpha=scanner.alpha, guided=True,
+                           decoder=scanner.decoder):
         account = None
         if v["payload_valid"] and scanner.account_name is not None:
             account = scanner.account_name(int(v["payload"], 16))

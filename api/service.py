@@ -138,7 +138,7 @@ def _audit_worker(rt: Runtime):
 
     s = rt.settings
     base = dict(detector=s.detector, checkpoint=s.checkpoint, trust_anchors=rt.scanner.trust_anchors, alpha=s.alpha,
-                db_url=s.db_url)
+                db_url=s.db_url, decoder=s.watermark_decoder)
     ring = tuple(str(p) for p in key_files(s.keys_dir))
     return AuditWorker(s, AuditJobs(rt.store), ScanSpec(**base), ScanSpec(**base, key_files=ring) if ring else None)
 

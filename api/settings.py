@@ -41,6 +41,7 @@ class Settings(BaseModel):
     # 1e-2 / 1e-3 / 1e-4, with 105 / 20 / 0 false claims per 10,000 unmarked files.
     alpha: float = Field(1e-3, gt=0, lt=1)
     detector: str | None = None  # detector folder; default: the bundled detector
+    watermark_decoder: str | None = None  # the guided mark's decoder folder (keep a private one); default: bundled
     checkpoint: str | None = None  # generator checkpoint; default: the bundled model
     color_checkpoint: str | None = None  # colour model for /v1/colorize; default: the bundled photos32 model
     max_app_steps: int = 250  # DDNM steps an application request may ask for (each costs one network pass)

@@ -241,3 +241,18 @@ def test_a_private_decoder_marks_and_reads_its_own_marks(tmp_path):
             assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     r = run("sample", "--n", "1", "--out", str(tmp_path / "x"), "--decoder", str(dec))
     assert r.returncode == 2 and "--guided-mark" in r.stderr
+    # the scan's reader (watermark.verify.verify_images) takes the decoder too; scan and audit refuse a bad folder
+    from generator.image_io import load_image
+    from watermark.keys import load_key
+    from watermark.verify import verify_images
+
+    x = torch.stack([load_image(f, mode="L") for f in files])  # in [-1, 1]
+    ring = {"k": load_key(tmp_path / "k.key")}
+    own, bundled = (verify_images(x, ring, model, schedule, guided=True, deep=False, decoder=d)
+                    for d in (str(dec), None))
+    assert all(v["detected"] for v in own) and not any(v["detected"] for v in bundled)
+    for args in (["scan", "--key", str(tmp_path / "k.key"), "--watermark-decoder", str(tmp_path / "nothing"), *files],
+                 ["audit", str(tmp_path / "m"), "--out", str(tmp_path / "rep"), "--key", str(tmp_path / "k.key"),
+                  "--watermark", "--watermark-decoder", str(tmp_path / "nothing")]):
+        r = run(*args)
+        assert r.returncode == 2 and "no watermark decoder" in r.stderr and "Traceback" not in r.stderr, r.stderr

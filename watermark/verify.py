@@ -93,14 +93,15 @@ def ring_codec(key: WatermarkKey, shape: tuple[int, int, int], scheme: Scheme) -
 
 def verify_images(images: torch.Tensor, keys: dict[str, WatermarkKey], model: torch.nn.Module, schedule, *,
                   alpha: float = 0.01, steps: int | None = None, scheme: Scheme = Scheme(),
-                  batch_size: int = 128, deep: bool = True, guided: bool = False) -> list[dict]:
+                  batch_size: int = 128, deep: bool = True, guided: bool = False,
+                  decoder: str | None = None) -> list[dict]:
     """Test (B, C, H, W) decoded images in [-1, 1] against a key ring {label: key} in one pass: the
     inversion runs once per image (the x_T mark, which every marked output carries); with `guided` the
     decoder also runs once per image and every key reads its logits (Sidak over the keys), and
     `deep=False` then skips the inversion (`watermark.detect.verify` with a ring, Sidak over every nonce of every key).
     The two readers' p-values combine by Sidak, so the ring as a whole keeps its false-positive rate
-    at alpha. One dict per image: {detected, p_value, key_label, payload, payload_valid,
-    bit_errors_corrected}."""
+    at alpha. `decoder`: a (private) decoder folder instead of the bundled one. One dict per image: {detected,
+    p_value, key_label, payload, payload_valid, bit_errors_corrected}."""
     if not 0 < alpha < 1:
         raise GuardError(f"alpha must be between 0 and 1, got {alpha}")
     if not keys:  # an empty key ring tests nothing
@@ -111,12 +112,12 @@ def verify_images(images: torch.Tensor, keys: dict[str, WatermarkKey], model: to
     cfg = model.config
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     x = fit_to(images, shape)
-    fast = guided and guided_applies(shape)
+    fast = guided and guided_applies(shape, decoder)
     deep = deep or not fast
     n = len(x)
     best: list[tuple[float, str | None, object]] = [(1.0, None, None)] * n  # the guided reading's best key
     if fast:
-        logits, (_, cal) = decode_logits(x), decoder_and_center()
+        logits, (_, cal) = decode_logits(x, decoder), decoder_and_center(decoder)
         for label, key in keys.items():
             for i, r in enumerate(read_logits(logits, cal, key)):
                 p = sidak(r.p_value, len(keys))

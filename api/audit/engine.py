@@ -95,8 +95,10 @@ class ScanSpec:
 
     def __init__(self, *, detector: str | None = None, checkpoint: str | None = None, key_files: tuple = (),
                  trust_anchors: str | None = None, alpha: float = 1e-3, db_url: str | None = None,
-                 training: str | None = None, device: str | None = None, threads: int | None = None):
+                 training: str | None = None, device: str | None = None, threads: int | None = None,
+                 decoder: str | None = None):
         self.detector, self.checkpoint, self.key_files = detector, checkpoint, tuple(map(str, key_files))
+        self.decoder = decoder  # the guided mark's decoder folder (None: the bundled one)
         self.trust_anchors, self.alpha, self.db_url, self.training, self.device = trust_anchors, alpha, db_url, training, device
         self.threads = threads  # torch threads in the process that builds it (None: leave as is)
 
@@ -118,7 +120,7 @@ class ScanSpec:
 
             account_name = Store(self.db_url).account_name
         scanner = Scanner(load_detector(self.detector, device=self.device), model, schedule, keys, self.trust_anchors,
-                          self.alpha, account_name)
+                          self.alpha, account_name, self.decoder)
         training = None
         if self.training:
             from generator.data import load_dataset

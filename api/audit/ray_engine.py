@@ -55,7 +55,7 @@ class RayScorer:
             raise GuardError("the Ray engine needs Ray: pip install 'ddpm-guard[ray]'") from None
         self.ray, self.batch = ray, batch
         self.spec = {k: getattr(spec, k) for k in ("detector", "checkpoint", "key_files", "trust_anchors", "alpha",
-                                                   "db_url", "training")}
+                                                   "db_url", "training", "decoder")}
         self.spec["device"] = "cpu" if address is None else None
         # a local actor computes with the driver's thread count: a convolution's sums are ordered by its
         # threads, and equal orders give bit-equal scores, so the two engines' rows are equal
