@@ -274,14 +274,15 @@ def test_soft_statistic_is_calibrated_for_a_fixed_key_gains_power_and_ignores_ot
     # the other null (marks under random codewords) enters as the larger of the two variances, never the smaller
     from dataclasses import replace
 
-    everywhere = replace(cal, energy_split=None)  # no split: every image takes the larger of the two
-    wide, narrow = (replace(everywhere, soft_cov_marked=f * cal.soft_cov[0]) for f in (4, 0.25))
+    wide, narrow = (replace(cal, soft_cov_marked=f * cal.soft_cov[0]) for f in (4, 0.25))  # no split: everywhere
     p0, pw, pn = (zero_bit_test(weak[:200], c, KEY)[0] for c in (cal, wide, narrow))
     up = p0 < 0.5  # a positive statistic: a wider null can only raise its p-value
     assert np.allclose(pn, p0) and (pw[up] > p0[up]).all() and (pw < 0.01).sum() < (p0 < 0.01).sum()
-    # with the split (the unmarked energy's 99th percentile), only images reading above it take the marked null
+    # with a split (the unmarked energy's 99th percentile), only images reading above it take the marked null
     from watermark.guided import soft_energy
 
+    assert cal.energy_split is None  # no split unless asked for
+    cal = Calibration.fit(null(6000), energy_quantile=0.99)
     assert cal.energy_split is not None and abs(float((soft_energy(null(4000), cal.center, cal.mad, 1)[:, 0]
                                                        < cal.energy_split[0]).float().mean()) - 0.99) < 0.01
     mixed = torch.cat([weak[:200], null(200) + 6 * codeword(KEY, 0xC0FFEE42)[None] * scale])
