@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from generator.checkpoint import BUNDLED
+from generator.errors import GuardError
 from watermark.decoder import DecoderConfig, MessageDecoder, load_decoder, save_decoder
 from watermark.reader import main, make_marks, train_reader
 
@@ -41,6 +42,13 @@ def test_training_a_reader_teaches_it_to_read_the_marks(tmp_path):
 
     assert decoder_main(["--out", str(base), "--reader", str(tmp_path / "r")]) == 0
     assert load_decoder(base)[0].reader is not None
+    # a reader file lost: the folder no longer loads, and `--reader none` mends it
+    (base / "reader.safetensors").unlink()
+    with pytest.raises(GuardError, match="reader"):
+        load_decoder(base)
+    assert decoder_main(["--out", str(base), "--reader", "none"]) == 0
+    assert load_decoder(base)[0].reader is None
+    assert decoder_main(["--out", str(base), "--reader", str(tmp_path / "r")]) == 0
     assert main(["train", str(tmp_path / "nothing.safetensors"), "--out", str(tmp_path / "x"),
                  "--decoder", str(base)]) == 2
     # weighted attacks: recorded; an unknown attack or a malformed weight is one message, exit 2

@@ -537,7 +537,14 @@ def set_reader(path: str | Path, reader_dir: str | Path | None) -> Path:
     from generator.fsutil import atomic_write_bytes
 
     d = Path(path)
-    _, record = load_decoder(d)
+    if reader_dir is None and not (d / READER_FILE).is_file() and (d / "decoder.json").is_file():
+        # taking away a reader whose file is gone: the decoder itself need not load with it
+        try:
+            record = json.loads((d / "decoder.json").read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise GuardError(f"{d}: not a readable watermark decoder (decoder.json)") from None
+    else:
+        _, record = load_decoder(d)
     if "members" in record:
         raise GuardError("a reader applies to one decoder, not to an ensemble")
     record.pop("calibration", None)
