@@ -501,6 +501,10 @@ if __name__ == "__main__":
     a = ap.parse_args()
     if a.energy_split is not None and not 0 < a.energy_split < 1:
         ap.error("--energy-split is a quantile in (0, 1)")
-    m, sch, _ = load_model(None)
-    calibrate(a.calibrate, m, sch, n_samples=a.n_samples, n_marks=a.n_marks, energy_quantile=a.energy_split)
+    try:
+        m, sch, _ = load_model(None)
+        calibrate(a.calibrate, m, sch, n_samples=a.n_samples, n_marks=a.n_marks, energy_quantile=a.energy_split)
+    except GuardError as e:
+        print(f"python -m watermark.guided: error: {e}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(0)
