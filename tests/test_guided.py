@@ -515,3 +515,14 @@ def test_bundled_guided_mark_survives_jpeg_rotation_and_a_square_crop_without_in
     assert np.mean(acc) > 0.8, acc
     assert max(v.p_value for v in verify_guided(plain, KEY)) > 0.01
     assert sum(v.p_value < 0.01 for v in verify_guided(x, OTHER)) <= 1
+
+
+def test_calibrate_cli_refuses_a_folder_that_is_no_decoder_and_a_bad_split(tmp_path):
+    import subprocess
+    import sys
+
+    for extra in ([], ["--energy-split", "2"]):
+        r = subprocess.run([sys.executable, "-m", "watermark.guided", "--calibrate", str(tmp_path), *extra],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert ("no watermark decoder" if not extra else "quantile") in r.stderr
