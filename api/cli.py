@@ -107,10 +107,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     if key is not None:
         from watermark.embed import generate_watermarked
 
-        if a.decoder is not None:
-            from watermark.guided import decoder_and_center
-
-            decoder_and_center(a.decoder)  # a folder that is no calibrated decoder fails here, before sampling
+        # a --decoder folder that is no calibrated decoder fails in generate_watermarked's first check, before sampling
         images, labels = generate_watermarked(model, schedule, key, payload, a.n, guided=a.guided_mark,
                                               decoder=a.decoder, **kw)
     else:

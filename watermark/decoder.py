@@ -185,6 +185,11 @@ class MessageDecoder(nn.Module):
         """The decoder guidance steers: this one (a ViewedDecoder's is its member, read on the file itself)."""
         return self
 
+    @property
+    def file_reader(self) -> nn.Module:
+        """The network that reads the file itself: this one (a ViewedDecoder's is its reader, if it has one)."""
+        return self
+
     def __init__(self, cfg: DecoderConfig = DecoderConfig()):
         super().__init__()
         self.config = cfg
@@ -441,6 +446,10 @@ class DecoderEnsemble(nn.Module):
     def embed(self) -> nn.Module:  # guidance steers every member toward its own copy
         return self
 
+    @property
+    def file_reader(self) -> nn.Module:
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([m(x) for m in self.members], 1)
 
@@ -497,9 +506,13 @@ class ViewedDecoder(nn.Module):
     def embed(self) -> MessageDecoder:
         return self.member
 
+    @property
+    def file_reader(self) -> MessageDecoder:
+        """The network that reads every view (the file view among them): the reader, else the member."""
+        return self.member if self.reader is None else self.reader
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.member if self.reader is None else self.reader
-        return torch.cat([net(READ_VIEWS[v](x)) for v in self.views], 1)
+        return torch.cat([self.file_reader(READ_VIEWS[v](x)) for v in self.views], 1)
 
 
 def set_read_views(path: str | Path, views: list[str], weights: list[float]) -> Path:
@@ -537,14 +550,7 @@ def set_reader(path: str | Path, reader_dir: str | Path | None) -> Path:
     from generator.fsutil import atomic_write_bytes
 
     d = Path(path)
-    if reader_dir is None and not (d / READER_FILE).is_file() and (d / "decoder.json").is_file():
-        # taking away a reader whose file is gone: the decoder itself need not load with it
-        try:
-            record = json.loads((d / "decoder.json").read_text())
-        except (ValueError, UnicodeDecodeError):
-            raise GuardError(f"{d}: not a readable watermark decoder (decoder.json)") from None
-    else:
-        _, record = load_decoder(d)
+    _, record = load_decoder(d, with_reader=False)  # its old reader (perhaps gone) is replaced or taken away
     if "members" in record:
         raise GuardError("a reader applies to one decoder, not to an ensemble")
     record.pop("calibration", None)
@@ -578,9 +584,10 @@ def combine_decoders(dirs: list[str | Path], out: str | Path) -> Path:
     return out
 
 
-def load_decoder(path: str | Path | None = None) -> tuple[nn.Module, dict]:
+def load_decoder(path: str | Path | None = None, *, with_reader: bool = True) -> tuple[nn.Module, dict]:
     """The decoder (a MessageDecoder, a DecoderEnsemble or a ViewedDecoder; `.copies` says how many copies of
-    the codeword it reads) and its JSON record (config, training, and the calibration watermark.guided stores)."""
+    the codeword it reads) and its JSON record (config, training, and the calibration watermark.guided stores).
+    `with_reader=False` leaves out the reader the record names (set_reader replaces or removes it)."""
     from safetensors.torch import load_file
 
     d = Path(path) if path is not None else WEIGHTS
@@ -594,7 +601,7 @@ def load_decoder(path: str | Path | None = None) -> tuple[nn.Module, dict]:
             dec = MessageDecoder(DecoderConfig(**record["decoder"]))
         dec.load_state_dict(load_file(str(d / "decoder.safetensors")))
         reader = None
-        if record.get("reader"):
+        if record.get("reader") and with_reader:
             if "members" in record or not (d / READER_FILE).is_file():
                 raise GuardError(f"{d}: the record names a reader but {READER_FILE} is missing (or the decoder is an "
                                  "ensemble)")

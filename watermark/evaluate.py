@@ -168,7 +168,7 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     # marks under other keys: the p-value is uniform over keys, not for one fixed pair (two fixed codewords
     # overlap by a fixed amount, and a strong mark reads its whole codeword), so a key's marks pass or fail
     # together and the false-positive rate is measured over keys: one mark per key by default. (Until
-    # 2026-11-28 it was n // 5 keys, five marks each: 60 keys for n = 300, a rate that moved in steps of 1.7 %.)
+    # 2026-11-27 it was n // 5 keys, five marks each: 60 keys for n = 300, a rate that moved in steps of 1.7 %.)
     n_keys = max(1, min(n, other_keys or n))
     others_keys = [WatermarkKey(key.stream(f"eval/other-key/{i}", 32)) for i in range(n_keys)]
     kw = dict(steps=steps, precision="auto")

@@ -98,8 +98,8 @@ def soft_chips(logits: torch.Tensor, center: torch.Tensor, mad: torch.Tensor, co
     """(B, bits * copies) logits -> (B, copies, bits) soft chips: each centred logit over its MAD on unmarked
     images, each copy's chips divided by their rms over the copy (so an image whose chips are all large, a strong
     mark under another key, scores like any other), clipped at +-clip."""
-    z = ((logits.double() - center) / mad).view(len(logits), copies, -1)
-    z = z / soft_energy(logits, center, mad, copies).unsqueeze(2).clamp(min=1e-9)
+    z = _standardised(logits, center, mad, copies)
+    z = z / z.pow(2).mean(2, keepdim=True).sqrt().clamp(min=1e-9)  # over soft_energy
     return z.clamp(-clip, clip)
 
 
@@ -113,8 +113,12 @@ ENERGY_QUANTILE = 0.99
 def soft_energy(logits: torch.Tensor, center: torch.Tensor, mad: torch.Tensor, copies: int) -> torch.Tensor:
     """(B, bits * copies) logits -> (B, copies): the rms of each copy's standardised chips before soft_chips divides
     it out. It does not depend on any key: a strong mark (under any key) reads high, an unmarked image low."""
-    z = ((logits.double() - center) / mad).view(len(logits), copies, -1)
-    return z.pow(2).mean(2).sqrt()
+    return _standardised(logits, center, mad, copies).pow(2).mean(2).sqrt()
+
+
+def _standardised(logits: torch.Tensor, center: torch.Tensor, mad: torch.Tensor, copies: int) -> torch.Tensor:
+    """(B, bits * copies) logits -> (B, copies, bits): each chip's centred logit over its MAD."""
+    return ((logits.double() - center) / mad).view(len(logits), copies, -1)
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def copy_attack(host: torch.Tensor, source: torch.Tensor, weight: float, steps: 
     view: the decoder's reader when it has one (watermark.reader), else the decoder itself."""
     dec, cal = decoder_and_center(decoder)
     if file_view_only:
-        dec = dec.embed if dec.reader is None else dec.reader
+        dec = dec.file_reader
         cal = cal.head(dec.config.bits)
     center = cal.center.float()
     with torch.no_grad():

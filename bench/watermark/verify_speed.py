@@ -26,7 +26,7 @@ def main() -> None:
     held = load_dataset("mnist5k", "heldout").images
     x = held.repeat(-(-a.n // len(held)), 1, 1, 1)[:a.n]
     dec, cal = decoder_and_center(None)
-    one = dec.embed if dec.reader is None else dec.reader  # the network that reads the file view
+    one = dec.file_reader  # the network that reads the file view
     cal1 = cal.head(one.config.bits)
     key = WatermarkKey(bytes([2]) * 32)
     readers = {f"{name}, batch {bs}": (d, c, bs) for name, d, c in
