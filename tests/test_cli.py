@@ -256,3 +256,15 @@ def test_a_private_decoder_marks_and_reads_its_own_marks(tmp_path):
                   "--watermark", "--watermark-decoder", str(tmp_path / "nothing")]):
         r = run(*args)
         assert r.returncode == 2 and "no watermark decoder" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_guided_mark_the_decoder_cannot_read_is_refused(tmp_path):
+    """`sample --guided-mark` with a model whose images the decoder does not read (the colour model) was a silent
+    x_T-only mark; it is one message, exit 2, before any sampling."""
+    from generator.checkpoint import BUNDLED_COLOR
+
+    assert run("keys", "new", "--out", str(tmp_path / "k.key")).returncode == 0
+    r = run("sample", "--n", "1", "--out", str(tmp_path / "s"), "--checkpoint", str(BUNDLED_COLOR),
+            "--watermark-key", str(tmp_path / "k.key"), "--guided-mark")
+    assert r.returncode == 2 and "reads 28x28 grey images and this model makes 32x32 colour" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "s").exists()

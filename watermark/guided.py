@@ -207,14 +207,20 @@ def decoder_and_center(path: str | None = None) -> tuple[MessageDecoder, Calibra
     return _decoder(None if path is None else str(path))
 
 
-def guided_applies(shape: tuple[int, ...], decoder: str | None = None) -> bool:
-    """Whether the decoder reads images of this (C, H, W): the guided mark is only put where it can be read."""
+def guided_decoder_shape(decoder: str | None = None) -> tuple[int, int, int] | None:
+    """The (C, H, W) of the images the decoder reads; None when no decoder is bundled. A damaged folder is a
+    GuardError."""
     from watermark.decoder import WEIGHTS
 
     if decoder is None and not (WEIGHTS / "decoder.json").is_file():
-        return False
+        return None
     cfg = decoder_and_center(decoder)[0].config
-    return tuple(shape) == (cfg.channels, cfg.image_size, cfg.image_size)
+    return cfg.channels, cfg.image_size, cfg.image_size
+
+
+def guided_applies(shape: tuple[int, ...], decoder: str | None = None) -> bool:
+    """Whether the decoder reads images of this (C, H, W): the guided mark is only put where it can be read."""
+    return guided_decoder_shape(decoder) == tuple(shape)
 
 
 def check_scheme(dec: MessageDecoder, scheme: GuidedScheme) -> None:
