@@ -111,9 +111,11 @@ def _load_color(folder: str | None) -> tuple | None:
 
 
 def generate_signed(rt: Runtime, account: Account, n: int, *, label: int | None = None, steps: int | None = None,
-                    seed: int | None = None, guidance: float | None = None, fast: bool = False) -> list[dict]:
+                    seed: int | None = None, guidance: float | None = None, fast: bool = False,
+                    guided_mark: bool = False) -> list[dict]:
     """n watermarked, signed PNGs for an account: the watermark's payload is the account id, and the
-    C2PA manifest names the account. [{filename, png, label, payload, seed}]."""
+    C2PA manifest names the account. `guided_mark` adds the guided mark, toward the service's decoder
+    (settings.watermark_decoder, else the bundled one), which the scan reads. [{filename, png, label, payload, seed}]."""
     from generator.image_io import encode_png
     from generator.pipeline import DEFAULT_GUIDANCE
     from watermark.embed import generate_watermarked
@@ -130,17 +132,26 @@ def generate_signed(rt: Runtime, account: Account, n: int, *, label: int | None 
         f = rt.fast_config()
         model, schedule, sampler, steps = f.model, f.schedule, f.sampler, f.steps
         guidance = f.guidance if guidance is None else guidance
+    decoder = rt.settings.watermark_decoder
+    if guided_mark:
+        from watermark.guided import guided_decoder_shape
+
+        cfg = model.config
+        if guided_decoder_shape(decoder) != (cfg.in_channels, cfg.image_size, cfg.image_size):
+            raise GuardError("guided_mark: the service's watermark decoder does not read this model's images")
     seed = secrets.randbits(31) if seed is None else seed
     images, labels = generate_watermarked(model, schedule, rt.service_key, account.id, n, label=label,
                                           steps=steps, seed=seed, sampler=sampler, precision=PRECISION,
-                                          guidance=DEFAULT_GUIDANCE if guidance is None else guidance)
+                                          guidance=DEFAULT_GUIDANCE if guidance is None else guidance,
+                                          guided=guided_mark, decoder=decoder)
     payload = f"{account.id:08x}"
     out = []
     for i, img in enumerate(images):
         lab = None if labels is None else int(labels[i])
         name = f"ddpm-guard_{seed}_{i:03d}" + (f"_label{lab}" if lab is not None else "") + ".png"
         png = sign_png(encode_png(img), rt.signer, title=name,
-                       assertion={"account": account.name, "payload": payload, "key_label": SERVICE_KEY_LABEL})
+                       assertion={"account": account.name, "payload": payload, "key_label": SERVICE_KEY_LABEL,
+                                  "guided_mark": guided_mark})
         out.append({"filename": name, "png": png, "label": lab, "payload": payload, "seed": seed})
     return out
 

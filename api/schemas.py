@@ -73,6 +73,9 @@ class GenerateRequest(BaseModel):
                                "prompts are refused with 400; not with label")
     fast: bool = Field(False, description="the distilled few-step student (BENCHMARKS.md: FID within +5 of the "
                        "default, several times faster); not with steps")
+    guided_mark: bool = Field(False, description="also the guided mark (CLI: sample --guided-mark), which survives "
+                              "rotation, crops, JPEG and blur where the default x_T mark does not; it costs visible "
+                              "quality (BENCHMARKS.md, Watermark v2)")
 
 
 class GeneratedImage(BaseModel):
@@ -85,6 +88,7 @@ class GeneratedImage(BaseModel):
 class GenerateResponse(BaseModel):
     account: str
     seed: int
+    guided_mark: bool = Field(description="whether the images carry the guided mark beside the x_T mark")
     images: list[GeneratedImage]
 
 

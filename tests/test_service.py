@@ -237,9 +237,13 @@ def test_generate_watermarks_signs_and_scans_back_as_ours(svc):
     assert bad.status_code == 400 and "unknown label" in bad.json()["detail"]
     assert client.post("/v1/generate", headers=headers, json={"n": 99}).status_code == 400
     assert client.post("/v1/generate", json={"n": 1}).status_code == 401
+    # the decoder reads 28x28 digits; the tiny model's 8x8 images cannot carry the guided mark: a clear 400
+    guided = client.post("/v1/generate", headers=headers, json={"n": 1, "steps": 2, "guided_mark": True})
+    assert guided.status_code == 400 and "does not read this model's images" in guided.json()["detail"]
     r = client.post("/v1/generate", headers=headers, json={"n": 2, "seed": 3, "steps": 10})
     assert r.status_code == 200
     body = r.json()
+    assert body["guided_mark"] is False
     assert body["account"] == "alice" and len(body["images"]) == 2
     acc = rt.store.authenticate(headers["X-API-Key"])
     assert all(im["payload"] == f"{acc.id:08x}" for im in body["images"])
@@ -276,6 +280,12 @@ def test_signed_round_trip_with_the_bundled_model(tmp_path):
         fast_rows = _scan(client, headers, [(f"f{i}.png", base64.b64decode(m["png_base64"]))
                                             for i, m in enumerate(fast.json()["images"])]).json()["results"]
         both = client.post("/v1/generate", headers=headers, json={"n": 1, "fast": True, "steps": 10})
+        # the guided mark: rotated a quarter turn and re-saved as JPEG q50 (metadata gone), still ours
+        g = client.post("/v1/generate", headers=headers, json={"n": 1, "seed": 2, "steps": 20, "guided_mark": True})
+        assert g.status_code == 200 and g.json()["guided_mark"] is True
+        edited = _enc(decode_image(base64.b64decode(g.json()["images"][0]["png_base64"])).rotate(90), "JPEG",
+                      quality=50)
+        guided_row = _scan(client, headers, [("g.jpg", edited)]).json()["results"][0]
         assert both.status_code == 400 and "fast picks its own steps" in both.json()["detail"]
         pngs = [base64.b64decode(m["png_base64"]) for m in made]
         stripped = [_enc(decode_image(p)) for p in pngs]
@@ -287,6 +297,8 @@ def test_signed_round_trip_with_the_bundled_model(tmp_path):
     for row in fast_rows:  # the distilled student's images: signed and marked for the account like any other
         assert row["metadata"]["c2pa"]["status"] == "Trusted" and row["account"] == "carol"
         assert row["verdict"] in ("watermarked-ours", "signed-synthetic")
+    assert guided_row["metadata"]["c2pa"]["present"] is False
+    assert guided_row["verdict"] == "watermarked-ours", guided_row  # (the account needs the payload: often lost)
     for name in ("a.png", "b.png"):
         assert rows[name]["verdict"] == "watermarked-ours"
         assert rows[name]["metadata"]["c2pa"]["status"] == "Trusted" and rows[name]["account"] == "carol"

@@ -26,10 +26,11 @@ async def generate(req: GenerateRequest, request: Request, rt: RuntimeDep, accou
         # loading and running the encoder both block: keep them off the event loop
         label = await run_in_threadpool(lambda: load_prompt_model().label_for(req.prompt))
     files = await run_in_threadpool(generate_signed, rt, account, req.n, label=label, steps=req.steps,
-                                    seed=req.seed, guidance=req.guidance, fast=req.fast)
+                                    seed=req.seed, guidance=req.guidance, fast=req.fast,
+                                    guided_mark=req.guided_mark)
     if "application/zip" in request.headers.get("accept", ""):
         return Response(zip_files(files), media_type="application/zip",
                         headers={"Content-Disposition": 'attachment; filename="ddpm-guard.zip"'})
-    return GenerateResponse(account=account.name, seed=files[0]["seed"], images=[
+    return GenerateResponse(account=account.name, seed=files[0]["seed"], guided_mark=req.guided_mark, images=[
         GeneratedImage(filename=f["filename"], png_base64=base64.b64encode(f["png"]).decode(), label=f["label"],
                        payload=f["payload"]) for f in files])
