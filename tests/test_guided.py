@@ -526,3 +526,25 @@ def test_calibrate_cli_refuses_a_folder_that_is_no_decoder_and_a_bad_split(tmp_p
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert ("no watermark decoder" if not extra else "quantile") in r.stderr
+
+
+@needs_decoder
+def test_marks_under_many_keys_in_one_batch_each_read_by_their_own_key_only():
+    """generate_under_keys (the evaluation's other-key marks, one sampling batch): image i carries key i's guided
+    mark, so each verifies under its own key and under no other; a codeword count that fits no batch is refused."""
+    from generator.image_io import quantize
+    from watermark.embed import generate_under_keys
+    from watermark.guided import codewords_hook
+    from watermark.verify import verify_images
+
+    model, schedule, _ = load_model(None, device="cpu")
+    keys = [WatermarkKey(bytes([i + 40]) * 32) for i in range(3)]
+    x, labels = generate_under_keys(model, schedule, keys, 5, seed=3, steps=20)
+    assert labels.tolist() == [0, 1, 2]
+    x = quantize(x)
+    for j, k in enumerate(keys):
+        found = [r["detected"] for r in verify_images(x, {"k": k}, model, schedule, guided=True, deep=False)]
+        assert found == [i == j for i in range(3)], (j, found)
+    hook = codewords_hook(torch.stack([codeword(k, 5) for k in keys]))
+    with pytest.raises(ValueError, match="3 codewords for a batch of 2"):
+        hook(torch.zeros(2, 1, 28, 28), 10)

@@ -178,3 +178,25 @@ def generate_watermarked(model: torch.nn.Module, schedule, key: WatermarkKey, pa
     if guided is not False and guided_applies(codec.shape, decoder):
         hook = make_hook(key, payload, n, guided if isinstance(guided, GuidedScheme) else GuidedScheme(), decoder, seed)
     return generate(model, schedule, n, x_T=x_T, seed=seed, x0_hook=hook, **kw)
+
+
+def generate_under_keys(model: torch.nn.Module, schedule, keys: list[WatermarkKey], payload: int, *,
+                        scheme: Scheme = Scheme(), seed: int = 0, guided=True, decoder: str | None = None,
+                        **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One watermarked image per key, all in one sampling batch: image i carries keys[i]'s marks, its x_T
+    drawn as `generate_watermarked(..., n=1, seed=seed + i)` draws it (labels spread over the classes).
+    What evaluating false attributions needs: many keys, one mark each, without one run per key."""
+    from generator.pipeline import generate
+    from watermark.guided import GuidedScheme, codeword, codewords_hook, guided_applies
+
+    if kw.get("sampler", "ddim") != "ddim" or kw.get("eta", 0.0) != 0.0:
+        raise GuardError("watermarked generation needs the deterministic DDIM sampler (--sampler ddim --eta 0)")
+    cfg = model.config
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    x_T = torch.cat([watermarked_noise(Codec(k, shape, scheme), payload, 1, torch.Generator().manual_seed(seed + i))
+                     for i, k in enumerate(keys)])
+    hook = None
+    if guided is not False and guided_applies(shape, decoder):
+        gs = guided if isinstance(guided, GuidedScheme) else GuidedScheme()
+        hook = codewords_hook(torch.stack([codeword(k, payload, gs) for k in keys]), gs, decoder, seed)
+    return generate(model, schedule, len(keys), x_T=x_T, seed=seed, x0_hook=hook, batch_size=len(keys), **kw)

@@ -17,7 +17,7 @@ from generator.metrics import psnr_db
 from generator.pipeline import generate
 from watermark.attacks import ATTACKS, TREE_RING_SIX
 from watermark.detect import verify
-from watermark.embed import Codec, Scheme, generate_watermarked
+from watermark.embed import Codec, Scheme, generate_under_keys, generate_watermarked
 from watermark.keys import WatermarkKey
 
 
@@ -169,6 +169,8 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     # overlap by a fixed amount, and a strong mark reads its whole codeword), so a key's marks pass or fail
     # together and the false-positive rate is measured over keys: one mark per key by default. (Until
     # 2026-11-27 it was n // 5 keys, five marks each: 60 keys for n = 300, a rate that moved in steps of 1.7 %.)
+    # They are made in one sampling batch (generate_under_keys), labels spread over the classes; until the eighth
+    # session of 2026-11-27 each key's mark was its own one-image run, which always drew label 0.
     n_keys = max(1, min(n, other_keys or n))
     others_keys = [WatermarkKey(key.stream(f"eval/other-key/{i}", 32)) for i in range(n_keys)]
     kw = dict(steps=steps, precision="auto")
@@ -180,9 +182,10 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     t_guided = time.time() - t0
     marked, labels = generate_watermarked(model, schedule, key, payload, n, seed=seed, guided=scheme, decoder=decoder, **kw)
     marked = quantize(marked)
-    per = -(-n // len(others_keys))
-    others = quantize(torch.cat([generate_watermarked(model, schedule, k, payload, per, seed=seed + 1 + i, guided=scheme,
-                                                      decoder=decoder, **kw)[0] for i, k in enumerate(others_keys)])[:n])
+    per = -(-n // len(others_keys))  # marks per key; key i's marks are images i, i + n_keys, ... of one batch
+    ring = (others_keys * per)[:n]
+    others = quantize(generate_under_keys(model, schedule, ring, payload, seed=seed + 1, guided=scheme, decoder=decoder,
+                                          **kw)[0])
     held = load_dataset("mnist5k", "heldout").images
     unmarked = quantize(generate(model, schedule, max(0, n_negative - len(held)), seed=seed + 2, **kw)[0])
     net, _ = heldout_reference()

@@ -281,16 +281,26 @@ def make_hook(key: WatermarkKey, payload: int, n: int, scheme: GuidedScheme = Gu
               decoder: str | None = None, seed: int = 0):
     """The sampler's x0 hook (generator.samplers.sample's `x0_hook`) that guides every image of a run
     toward one key's codeword for `payload`."""
+    return codewords_hook(codeword(key, payload, scheme)[None], scheme, decoder, seed)
+
+
+def codewords_hook(codewords: torch.Tensor, scheme: GuidedScheme = GuidedScheme(), decoder: str | None = None,
+                   seed: int = 0):
+    """An x0 hook that guides image i toward codewords[i] ((B, bits) chips from `codeword`), or every image
+    toward codewords[0] when it holds one row: marks under many keys in one batch (the sampler must then run
+    the B images as one batch)."""
     dec, cal = decoder_and_center(decoder)
     check_scheme(dec, scheme)
     dec = dec.embed  # a decoder read under several views is guided through the first (the file itself)
-    cw = codeword(key, payload, scheme).repeat(dec.copies)  # every member reads its own copy
-    center = cal.guide_center(len(cw))
+    cw = codewords.float().repeat(1, dec.copies)  # every member reads its own copy
+    center = cal.guide_center(cw.shape[1])
     gen = torch.Generator().manual_seed(seed + 7919)
 
     def hook(x0: torch.Tensor, t: int) -> torch.Tensor:
         if t > scheme.start:
             return x0
+        if len(cw) not in (1, len(x0)):
+            raise ValueError(f"{len(cw)} codewords for a batch of {len(x0)} images")
         return guide_x0(x0, cw.expand(len(x0), -1), dec, center, scheme, gen)
 
     return hook
