@@ -331,10 +331,10 @@ def cmd_audit(a: argparse.Namespace) -> int:
         raise GuardError(f"--watermark needs keys: pass --key FILE or use a service home with keys ({settings.keys_dir})")
     for k in keys:
         load_key(k)  # a wrong or open key fails now, not in a worker
-    if keys and settings.watermark_decoder is not None:
-        from watermark.guided import decoder_and_center
+    if keys:
+        from api.runtime import check_decoder
 
-        decoder_and_center(settings.watermark_decoder)  # so does a folder that is no calibrated decoder
+        check_decoder(settings.watermark_decoder)  # so does a folder that is no calibrated decoder
     if a.training_set:
         from generator.data import load_dataset
 

@@ -89,16 +89,22 @@ def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, wat
     model, schedule, _ = load_model(settings.checkpoint)
     ring = load_key_ring(settings.keys_dir, extra_keys or ()) if watermark else {}
     anchors = load_trust_anchors(settings.anchor_files())
-    if ring and settings.watermark_decoder is not None:
-        from watermark.guided import decoder_and_center
-
-        decoder_and_center(settings.watermark_decoder)  # not a calibrated decoder folder: one message, at start
+    if ring:
+        check_decoder(settings.watermark_decoder)
     scanner = Scanner(detector=load_detector(settings.detector), model=model if ring else None, schedule=schedule,
                       keys=ring, trust_anchors=anchors, alpha=settings.alpha, account_name=store.account_name if store else None,
                       decoder=settings.watermark_decoder)
     signer = load_signer(settings.signer_dir) if (settings.signer_dir / "signer.pem").exists() else None
     return Runtime(settings, store, scanner, model, schedule, signer, ring.get(SERVICE_KEY_LABEL),
                    _load_color(settings.color_checkpoint) if color else None)
+
+
+def check_decoder(folder: str | None) -> None:
+    """A watermark decoder folder that is no calibrated decoder: one message (GuardError) before any work."""
+    if folder is not None:
+        from watermark.guided import decoder_and_center
+
+        decoder_and_center(folder)
 
 
 def _load_color(folder: str | None) -> tuple | None:
@@ -200,5 +206,5 @@ def zip_files(files: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["Runtime", "open_runtime", "prepare_home", "key_files", "load_key_ring", "generate_signed", "apply_signed",
+__all__ = ["Runtime", "open_runtime", "prepare_home", "key_files", "load_key_ring", "check_decoder", "generate_signed", "apply_signed",
            "zip_files"]
