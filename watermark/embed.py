@@ -156,6 +156,11 @@ def watermarked_noise(codec: Codec, payload: int, n: int, generator: torch.Gener
     return codec.to_latent(z.abs() * signs)
 
 
+def _require_deterministic(kw: dict) -> None:
+    if kw.get("sampler", "ddim") != "ddim" or kw.get("eta", 0.0) != 0.0:
+        raise GuardError("watermarked generation needs the deterministic DDIM sampler (--sampler ddim --eta 0)")
+
+
 def generate_watermarked(model: torch.nn.Module, schedule, key: WatermarkKey, payload: int, n: int, *,
                          scheme: Scheme = Scheme(), seed: int = 0, guided=False, decoder: str | None = None,
                          **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -169,8 +174,7 @@ def generate_watermarked(model: torch.nn.Module, schedule, key: WatermarkKey, pa
     from generator.pipeline import generate
     from watermark.guided import GuidedScheme, guided_applies, make_hook
 
-    if kw.get("sampler", "ddim") != "ddim" or kw.get("eta", 0.0) != 0.0:
-        raise GuardError("watermarked generation needs the deterministic DDIM sampler (--sampler ddim --eta 0)")
+    _require_deterministic(kw)
     cfg = model.config
     codec = Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size), scheme)
     x_T = watermarked_noise(codec, payload, n, torch.Generator().manual_seed(seed))
@@ -189,8 +193,7 @@ def generate_under_keys(model: torch.nn.Module, schedule, keys: list[WatermarkKe
     from generator.pipeline import generate
     from watermark.guided import GuidedScheme, codeword, codewords_hook, guided_applies
 
-    if kw.get("sampler", "ddim") != "ddim" or kw.get("eta", 0.0) != 0.0:
-        raise GuardError("watermarked generation needs the deterministic DDIM sampler (--sampler ddim --eta 0)")
+    _require_deterministic(kw)
     cfg = model.config
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     x_T = torch.cat([watermarked_noise(Codec(k, shape, scheme), payload, 1, torch.Generator().manual_seed(seed + i))
