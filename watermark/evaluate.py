@@ -91,9 +91,10 @@ def evaluate_watermark(model, schedule, key: WatermarkKey, *, n: int = 500, n_ne
 
 
 def fid_change(model, schedule, key: WatermarkKey, payload: int, *, n: int, seeds: int, scheme: Scheme = Scheme(),
-               seed: int = 0, log=None, guided=True, decoder: str | None = None, **kw) -> dict:
+               seed: int = 0, log=None, guided=False, decoder: str | None = None, **kw) -> dict:
     """FID (project classifier features, against the held-out digits) of watermarked and of plain
-    samples for `seeds` seeds: the change, and the plain seed-to-seed spread it should stay within."""
+    samples for `seeds` seeds: the change, and the plain seed-to-seed spread it should stay within.
+    The marks are `sample --watermark-key`'s default (the x_T mark) unless `guided` asks for the guided one too."""
     from generator.classifier import load_classifier, predict
     from generator.metrics import fid
 
