@@ -107,15 +107,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     if key is not None:
         from watermark.embed import generate_watermarked
 
-        if a.guided_mark:  # asked for and not possible: say so rather than write only the x_T mark
-            from watermark.guided import guided_decoder_shape
-
-            want, shape = guided_decoder_shape(a.decoder), (model.config.in_channels, model.config.image_size,
-                                                             model.config.image_size)
-            if want != shape:
-                raise GuardError(f"--guided-mark: the {'given' if a.decoder else 'bundled'} decoder reads "
-                                 f"{_shape(want)} images and this model makes {_shape(shape)}; drop --guided-mark "
-                                 "(the x_T mark still goes in) or give --decoder for this shape")
+        # a guided mark the decoder cannot read, or a --decoder folder that is no calibrated decoder, is refused
+        # in generate_watermarked's first check, before sampling
         images, labels = generate_watermarked(model, schedule, key, payload, a.n, guided=a.guided_mark,
                                               decoder=a.decoder, **kw)
     else:
@@ -135,13 +128,6 @@ def cmd_sample(a: argparse.Namespace) -> int:
         mark = f", watermarked with key {key.fingerprint} payload {payload:08x}" if key is not None else ""
         print(f"wrote {len(paths)} samples and {Path(a.out) / 'grid.png'}{mark}")
     return 0
-
-
-def _shape(shape: tuple[int, int, int] | None) -> str:
-    if shape is None:
-        return "no"  # no decoder is bundled
-    c, h, w = shape
-    return f"{h}x{w} {'grey' if c == 1 else 'colour'}"
 
 
 def _marking_args(a: argparse.Namespace):

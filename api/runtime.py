@@ -138,18 +138,11 @@ def generate_signed(rt: Runtime, account: Account, n: int, *, label: int | None 
         f = rt.fast_config()
         model, schedule, sampler, steps = f.model, f.schedule, f.sampler, f.steps
         guidance = f.guidance if guidance is None else guidance
-    decoder = rt.settings.watermark_decoder
-    if guided_mark:
-        from watermark.guided import guided_decoder_shape
-
-        cfg = model.config
-        if guided_decoder_shape(decoder) != (cfg.in_channels, cfg.image_size, cfg.image_size):
-            raise GuardError("guided_mark: the service's watermark decoder does not read this model's images")
     seed = secrets.randbits(31) if seed is None else seed
     images, labels = generate_watermarked(model, schedule, rt.service_key, account.id, n, label=label,
                                           steps=steps, seed=seed, sampler=sampler, precision=PRECISION,
                                           guidance=DEFAULT_GUIDANCE if guidance is None else guidance,
-                                          guided=guided_mark, decoder=decoder)
+                                          guided=guided_mark, decoder=rt.settings.watermark_decoder)
     payload = f"{account.id:08x}"
     out = []
     for i, img in enumerate(images):

@@ -167,19 +167,20 @@ def generate_watermarked(model: torch.nn.Module, schedule, key: WatermarkKey, pa
     """Generate n watermarked images with deterministic DDIM (eta = 0, so inversion can find x_T).
 
     The keyed x_T (Gaussian Shading, read by inversion) always; with `guided` (True, or a
-    watermark.guided.GuidedScheme) also the guided codeword where the decoder reads the model's images
-    (watermark.guided, read without inversion). Off by default: at the measured strength it survives
+    watermark.guided.GuidedScheme) also the guided codeword (watermark.guided, read without inversion); a
+    model whose images the decoder cannot read is then refused before sampling. Off by default: at the measured strength it survives
     edits but costs sample quality (BENCHMARKS.md, "Watermark v2"). `decoder`: a decoder folder other
     than the bundled one."""
     from generator.pipeline import generate
-    from watermark.guided import GuidedScheme, guided_applies, make_hook
+    from watermark.guided import GuidedScheme, make_hook, require_guided
 
     _require_deterministic(kw)
     cfg = model.config
     codec = Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size), scheme)
     x_T = watermarked_noise(codec, payload, n, torch.Generator().manual_seed(seed))
     hook = None
-    if guided is not False and guided_applies(codec.shape, decoder):
+    if guided is not False:
+        require_guided(codec.shape, decoder)
         hook = make_hook(key, payload, n, guided if isinstance(guided, GuidedScheme) else GuidedScheme(), decoder, seed)
     return generate(model, schedule, n, x_T=x_T, seed=seed, x0_hook=hook, **kw)
 
@@ -191,7 +192,7 @@ def generate_under_keys(model: torch.nn.Module, schedule, keys: list[WatermarkKe
     drawn as `generate_watermarked(..., n=1, seed=seed + i)` draws it (labels spread over the classes).
     What evaluating false attributions needs: many keys, one mark each, without one run per key."""
     from generator.pipeline import generate
-    from watermark.guided import GuidedScheme, codeword, codewords_hook, guided_applies
+    from watermark.guided import GuidedScheme, codeword, codewords_hook, require_guided
 
     _require_deterministic(kw)
     cfg = model.config
@@ -199,7 +200,8 @@ def generate_under_keys(model: torch.nn.Module, schedule, keys: list[WatermarkKe
     x_T = torch.cat([watermarked_noise(Codec(k, shape, scheme), payload, 1, torch.Generator().manual_seed(seed + i))
                      for i, k in enumerate(keys)])
     hook = None
-    if guided is not False and guided_applies(shape, decoder):
+    if guided is not False:
+        require_guided(shape, decoder)
         gs = guided if isinstance(guided, GuidedScheme) else GuidedScheme()
         hook = codewords_hook(torch.stack([codeword(k, payload, gs) for k in keys]), gs, decoder, seed)
     return generate(model, schedule, len(keys), x_T=x_T, seed=seed, x0_hook=hook, batch_size=len(keys), **kw)

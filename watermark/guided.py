@@ -223,6 +223,23 @@ def guided_applies(shape: tuple[int, ...], decoder: str | None = None) -> bool:
     return guided_decoder_shape(decoder) == tuple(shape)
 
 
+def require_guided(shape: tuple[int, ...], decoder: str | None = None) -> None:
+    """A guided mark asked for where the decoder cannot read it (another image shape, or no decoder bundled):
+    one message (GuardError), before any sampling, rather than images carrying only the x_T mark."""
+    want = guided_decoder_shape(decoder)
+    if want == tuple(shape):
+        return
+
+    def words(s: tuple[int, ...]) -> str:
+        return f"{s[1]}x{s[2]} {'grey' if s[0] == 1 else 'colour'}"
+
+    which = "the given decoder" if decoder else "the bundled decoder"
+    reads = "no decoder is bundled" if want is None else f"{which} reads {words(want)} images"
+    raise GuardError(f"the guided mark: {reads} and this model makes {words(shape)}, so it does not read this "
+                     "model's images; leave the guided mark out (the x_T mark still goes in) or give a decoder for "
+                     "this shape")
+
+
 def check_scheme(dec: MessageDecoder, scheme: GuidedScheme) -> None:
     if dec.config.bits != scheme.bits:
         raise GuardError(f"the decoder reads {dec.config.bits} chips; the scheme needs {scheme.bits}")
