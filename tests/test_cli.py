@@ -268,3 +268,14 @@ def test_a_guided_mark_the_decoder_cannot_read_is_refused(tmp_path):
             "--watermark-key", str(tmp_path / "k.key"), "--guided-mark")
     assert r.returncode == 2 and "reads 28x28 grey images and this model makes 32x32 colour" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "s").exists()
+
+
+def test_watermark_eval_guided_on_a_model_the_decoder_cannot_read_is_refused(tmp_path):
+    """`watermark eval --guided` with the colour model silently evaluated the x_T mark instead; it is one message,
+    exit 2, before any sampling."""
+    from generator.checkpoint import BUNDLED_COLOR
+
+    assert run("keys", "new", "--out", str(tmp_path / "k.key")).returncode == 0
+    r = run("watermark", "eval", "--guided", "--key", str(tmp_path / "k.key"), "--checkpoint", str(BUNDLED_COLOR),
+            "--n", "2", "--out", str(tmp_path / "e"))
+    assert r.returncode == 2 and "does not read this model's images" in r.stderr and "Traceback" not in r.stderr, r.stderr

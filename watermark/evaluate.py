@@ -162,10 +162,11 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     `other_keys`: how many keys the n other-key marks come from (default n, one mark per key)."""
     from generator.classifier import predict
     from generator.evaluate import heldout_reference
-    from watermark.guided import GuidedScheme, decode_logits, decoder_and_center, make_hook, read_logits
+    from watermark.guided import GuidedScheme, decode_logits, decoder_and_center, make_hook, read_logits, require_guided
 
     log = log or (lambda s: None)
     scheme = scheme or GuidedScheme()
+    require_guided((model.config.in_channels, model.config.image_size, model.config.image_size), decoder)
     # marks under other keys: the p-value is uniform over keys, not for one fixed pair (two fixed codewords
     # overlap by a fixed amount, and a strong mark reads its whole codeword), so a key's marks pass or fail
     # together and the false-positive rate is measured over keys: one mark per key by default. (Until
