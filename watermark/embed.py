@@ -181,7 +181,7 @@ def generate_watermarked(model: torch.nn.Module, schedule, key: WatermarkKey, pa
     hook = None
     if guided is not False:
         require_guided(codec.shape, decoder)
-        hook = make_hook(key, payload, n, guided if isinstance(guided, GuidedScheme) else GuidedScheme(), decoder, seed)
+        hook = make_hook(key, payload, guided if isinstance(guided, GuidedScheme) else GuidedScheme(), decoder, seed)
     return generate(model, schedule, n, x_T=x_T, seed=seed, x0_hook=hook, **kw)
 
 

@@ -180,7 +180,7 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     plain_small, labels_small = generate(model, schedule, psnr_n, seed=seed, **kw)
     t_plain = time.time() - t0
     t0 = time.time()
-    guided_small, _ = generate(model, schedule, psnr_n, seed=seed, x0_hook=make_hook(key, payload, psnr_n, scheme, decoder, seed), **kw)
+    guided_small, _ = generate(model, schedule, psnr_n, seed=seed, x0_hook=make_hook(key, payload, scheme, decoder, seed), **kw)
     t_guided = time.time() - t0
     marked, labels = generate_watermarked(model, schedule, key, payload, n, seed=seed, guided=scheme, decoder=decoder, **kw)
     marked = quantize(marked)

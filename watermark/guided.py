@@ -294,7 +294,7 @@ def guide_x0(x0: torch.Tensor, chips: torch.Tensor, dec: MessageDecoder, center:
     return x.to(dev, x0.dtype)
 
 
-def make_hook(key: WatermarkKey, payload: int, n: int, scheme: GuidedScheme = GuidedScheme(),
+def make_hook(key: WatermarkKey, payload: int, scheme: GuidedScheme = GuidedScheme(),
               decoder: str | None = None, seed: int = 0):
     """The sampler's x0 hook (generator.samplers.sample's `x0_hook`) that guides every image of a run
     toward one key's codeword for `payload`."""
