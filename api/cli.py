@@ -141,7 +141,7 @@ def _marking_args(a: argparse.Namespace):
     elif a.payload is not None:
         raise GuardError("--payload needs --watermark-key")
     if a.sign:
-        from watermark.manifest import load_signer
+        from provenance.c2pa import load_signer
 
         signer = load_signer(a.sign)
     return key, payload, signer
@@ -150,7 +150,7 @@ def _marking_args(a: argparse.Namespace):
 def _sign_files(paths: list[Path], signer, assertion: dict) -> None:
     """Rewrite PNGs in place with the IPTC XMP source type and a signed C2PA manifest (atomic writes)."""
     from generator.fsutil import atomic_write_bytes
-    from watermark.manifest import sign_png
+    from provenance.c2pa import sign_png
 
     for p in paths:
         atomic_write_bytes(p, sign_png(Path(p).read_bytes(), signer, title=Path(p).name, assertion=assertion))
@@ -178,7 +178,7 @@ def _write_app_output(a: argparse.Namespace, img, marking, signer, app: str, ext
 
     png = encode_png(img)
     if signer is not None:
-        from watermark.manifest import COMPOSITE_TRAINED, sign_png
+        from provenance.c2pa import COMPOSITE_TRAINED, sign_png
 
         png = sign_png(png, signer, title=Path(a.out).name, source_type=COMPOSITE_TRAINED,
                        assertion={"application": app, "payload": None if marking.key is None else f"{marking.payload:08x}",
@@ -255,7 +255,7 @@ def cmd_keys_new(a: argparse.Namespace) -> int:
 
 
 def cmd_keys_new_signer(a: argparse.Namespace) -> int:
-    from watermark.manifest import new_signer
+    from provenance.c2pa import new_signer
 
     new_signer(a.out, a.organization)
     print(json.dumps({"signer": str(a.out), "trust_anchor": str(Path(a.out) / "ca.pem"), "organization": a.organization}))
@@ -306,7 +306,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
     from api.audit.engine import ScanSpec
     from api.runtime import key_files
     from api.settings import load_settings
-    from watermark.manifest import load_trust_anchors
+    from provenance.c2pa import load_trust_anchors
     from watermark.keys import load_key
 
     settings = load_settings(a.home, alpha=a.alpha, detector=a.detector, trust_anchors=a.trust_anchor or None,

@@ -26,7 +26,7 @@ PRECISION = "auto"  # bf16 where the hardware runs it natively: 2.4x, watermark 
 def prepare_home(settings: Settings) -> None:
     """First start: the home folder (0700), the service's watermark key (0600) and a C2PA signer."""
     from watermark.keys import new_key_file
-    from watermark.manifest import new_signer
+    from provenance.c2pa import new_signer
 
     try:
         settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -64,7 +64,7 @@ class Runtime:
     scanner: Scanner
     model: torch.nn.Module
     schedule: object
-    signer: object | None  # watermark.manifest.ManifestSigner
+    signer: object | None  # provenance.c2pa.ManifestSigner
     service_key: object | None  # watermark.keys.WatermarkKey
     color: tuple | None = None  # (model, schedule) of the colour model, when one is installed
     fast: object | None = None  # generator.checkpoint.Fast: the `fast` configuration, loaded on first use
@@ -83,7 +83,7 @@ def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, wat
     `color=True` also loads the colour model (the service's /v1/colorize; a CLI scan has no use for it)."""
     from detector.predict import load_detector
     from generator.checkpoint import load_model
-    from watermark.manifest import load_signer, load_trust_anchors
+    from provenance.c2pa import load_signer, load_trust_anchors
 
     store = Store(settings.db_url) if settings.has_store else None
     model, schedule, _ = load_model(settings.checkpoint)
@@ -125,7 +125,7 @@ def generate_signed(rt: Runtime, account: Account, n: int, *, label: int | None 
     from generator.image_io import encode_png
     from generator.pipeline import DEFAULT_GUIDANCE
     from watermark.embed import generate_watermarked
-    from watermark.manifest import sign_png
+    from provenance.c2pa import sign_png
 
     if rt.service_key is None or rt.signer is None:
         raise GuardError("the service has no watermark key or signer; restart it to create them")
@@ -162,7 +162,7 @@ def apply_signed(rt: Runtime, account: Account, app: str, img: torch.Tensor, *, 
     `app` is refine, inpaint or colorize; `kw` goes to that function. {filename, png, payload, seed, width, height}."""
     from api import apps
     from generator.image_io import encode_png
-    from watermark.manifest import COMPOSITE_TRAINED, sign_png
+    from provenance.c2pa import COMPOSITE_TRAINED, sign_png
 
     if rt.service_key is None or rt.signer is None:
         raise GuardError("the service has no watermark key or signer; restart it to create them")

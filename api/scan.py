@@ -27,7 +27,7 @@ from generator.errors import GuardError
 from generator.image_io import decode_image, expand_paths, read_bytes, sniff_format, stack_fitted, to_tensor
 from detector.predict import Detector
 from watermark.keys import WatermarkKey
-from watermark.manifest import describe, is_ai_source, read_metadata
+from provenance.c2pa import describe, is_ai_source, read_metadata
 from watermark.verify import verify_images
 
 VERDICTS = ("watermarked-ours", "signed-synthetic", "synthetic", "likely-real", "out-of-domain", "unreadable")

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from generator.checkpoint import default_device, load_tensors, read_config, save_json, save_tensors
 from generator.errors import GuardError
 from generator.image_io import decode_image, expand_paths, fit_to, read_bytes, to_tensor
+from generator.microbatch import in_fixed_batches
 from detector.calibrate import EditRouter, Fusion, Platt
 from detector.domain import DomainRules, DomainScore, verdict
 from detector.experts import EditExpert, expert_features
@@ -67,20 +68,15 @@ class Detector:
         x = fit_to(images, (cfg.in_chans, cfg.image_size, cfg.image_size))
         with_stats = with_stats or self.router is not None or (self.domain_score is not None
                                                                 and self.domain_score.needs_stats)
-        logits, feats, stats = [], [], []
-        for i in range(0, len(x), batch_size):
-            b = x[i:i + batch_size]
-            n = len(b)
-            if n < batch_size:
-                b = torch.cat([b, b.new_zeros((batch_size - n, *b.shape[1:]))])
+        def run(b: torch.Tensor):
             lo, fe, *st = self.net.forward_with_features(b.to(dev), with_stats)
-            logits.append(lo.float().cpu()[:n])
-            feats.append(fe.float().cpu()[:n])
-            stats += [s.float().cpu()[:n] for s in st]
-        if not logits:
+            return lo.float().cpu(), fe.float().cpu(), (st[0].float().cpu() if st else None)
+
+        out = in_fixed_batches(run, x, batch_size)
+        if out is None:
             return np.zeros(0), torch.zeros(0, self.net.net.num_features), x, None
-        return (torch.cat(logits).numpy().astype(np.float64), torch.cat(feats), x,
-                torch.cat(stats).numpy() if with_stats else None)
+        logits, feats, stats = out
+        return (logits.numpy().astype(np.float64), feats, x, stats.numpy() if with_stats else None)
 
     def in_domain(self, img, score: float | None = None) -> tuple[bool, str | None]:
         """(in_domain, reason) for a decoded PIL image and its domain score (from `score`): the structural

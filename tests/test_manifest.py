@@ -11,7 +11,7 @@ from PIL import Image
 
 from generator.errors import GuardError
 from generator.image_io import decode_image
-from watermark.manifest import (iptc_source_type, load_signer, load_trust_anchors, new_signer, read_metadata,
+from provenance.c2pa import (iptc_source_type, load_signer, load_trust_anchors, new_signer, read_metadata,
                                 sign_png)
 
 

@@ -26,7 +26,7 @@ from detector.model import DetectorConfig, DetectorNet
 from detector.predict import Detector
 from generator.checkpoint import load_model
 from generator.image_io import decode_image
-from watermark.manifest import load_signer, load_trust_anchors
+from provenance.c2pa import load_signer, load_trust_anchors
 
 
 def _enc(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -481,7 +481,7 @@ def test_applications_are_watermarked_signed_edits_for_the_account(svc, tmp_path
     body = r.json()
     assert (body["application"], body["width"], body["height"], body["payload"]) == ("refine", 8, 8, f"{acc.id:08x}")
     png = base64.b64decode(body["png_base64"])
-    from watermark.manifest import read_metadata
+    from provenance.c2pa import read_metadata
 
     meta = read_metadata(png, rt.scanner.trust_anchors)
     assert meta["c2pa"]["status"] == "Trusted"

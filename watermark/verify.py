@@ -93,7 +93,7 @@ def ring_codec(key: WatermarkKey, shape: tuple[int, int, int], scheme: Scheme) -
 
 def verify_images(images: torch.Tensor, keys: dict[str, WatermarkKey], model: torch.nn.Module, schedule, *,
                   alpha: float = 0.01, steps: int | None = None, scheme: Scheme = Scheme(),
-                  batch_size: int = 128, deep: bool = True, guided: bool = False,
+                  deep: bool = True, guided: bool = False,
                   decoder: str | None = None) -> list[dict]:
     """Test (B, C, H, W) decoded images in [-1, 1] against a key ring {label: key} in one pass: the
     inversion runs once per image (the x_T mark, which every marked output carries); with `guided` the
@@ -126,7 +126,7 @@ def verify_images(images: torch.Tensor, keys: dict[str, WatermarkKey], model: to
     latent = [None] * n
     if deep:
         ring = {label: ring_codec(key, shape, scheme) for label, key in keys.items()}
-        latent = verify(x, ring, model, schedule, alpha=alpha, steps=steps or DEFAULT_STEPS, batch_size=batch_size)
+        latent = verify(x, ring, model, schedule, alpha=alpha, steps=steps or DEFAULT_STEPS)
     out = []
     for (pg, label_g, g), v in zip(best, latent):
         ps = ([pg] if fast else []) + ([v.p_value] if v is not None else [])
