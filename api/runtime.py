@@ -6,9 +6,6 @@ signer); `open_runtime` loads it all once. The service calls both in its lifespa
 
 from __future__ import annotations
 
-import io
-import secrets
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +17,6 @@ from api.settings import Settings
 from api.store import Account, Store
 
 SERVICE_KEY_LABEL = "service"
-PRECISION = "auto"  # bf16 where the hardware runs it natively: 2.4x, watermark unchanged (BENCHMARKS.md)
 
 
 def prepare_home(settings: Settings) -> None:
@@ -116,88 +112,13 @@ def _load_color(folder: str | None) -> tuple | None:
     return model, schedule
 
 
-def generate_signed(rt: Runtime, account: Account, n: int, *, label: int | None = None, steps: int | None = None,
-                    seed: int | None = None, guidance: float | None = None, fast: bool = False,
-                    guided_mark: bool = False) -> list[dict]:
-    """n watermarked, signed PNGs for an account: the watermark's payload is the account id, and the
-    C2PA manifest names the account. `guided_mark` adds the guided mark, toward the service's decoder
-    (settings.watermark_decoder, else the bundled one), which the scan reads. [{filename, png, label, payload, seed}]."""
-    from generator.image_io import encode_png
-    from generator.pipeline import DEFAULT_GUIDANCE
-    from watermark.embed import generate_watermarked
-    from provenance.c2pa import sign_png
+def new_api_key(home: str | None, account: str) -> tuple[Account, str]:
+    """An API key for an account of the service in `home` (made on first use): (account, the key, shown once)."""
+    from api.settings import load_settings
 
-    if rt.service_key is None or rt.signer is None:
-        raise GuardError("the service has no watermark key or signer; restart it to create them")
-    if not 1 <= n <= rt.settings.max_generate:
-        raise GuardError(f"n must be between 1 and {rt.settings.max_generate}, got {n}")
-    model, schedule, sampler = rt.model, rt.schedule, "ddim"
-    if fast:
-        if steps is not None:
-            raise GuardError("fast picks its own steps; drop steps")
-        f = rt.fast_config()
-        model, schedule, sampler, steps = f.model, f.schedule, f.sampler, f.steps
-        guidance = f.guidance if guidance is None else guidance
-    seed = secrets.randbits(31) if seed is None else seed
-    images, labels = generate_watermarked(model, schedule, rt.service_key, account.id, n, label=label,
-                                          steps=steps, seed=seed, sampler=sampler, precision=PRECISION,
-                                          guidance=DEFAULT_GUIDANCE if guidance is None else guidance,
-                                          guided=guided_mark, decoder=rt.settings.watermark_decoder)
-    payload = f"{account.id:08x}"
-    out = []
-    for i, img in enumerate(images):
-        lab = None if labels is None else int(labels[i])
-        name = f"ddpm-guard_{seed}_{i:03d}" + (f"_label{lab}" if lab is not None else "") + ".png"
-        png = sign_png(encode_png(img), rt.signer, title=name,
-                       assertion={"account": account.name, "payload": payload, "key_label": SERVICE_KEY_LABEL,
-                                  "guided_mark": guided_mark})
-        out.append({"filename": name, "png": png, "label": lab, "payload": payload, "seed": seed})
-    return out
+    settings = load_settings(home)
+    prepare_home(settings)
+    return Store(settings.db_url).new_api_key(account)
 
 
-def apply_signed(rt: Runtime, account: Account, app: str, img: torch.Tensor, *, seed: int | None = None,
-                 steps: int | None = None, **kw) -> dict:
-    """One application output for an account, marked like /v1/generate: the service key's watermark with
-    the account id as payload, and a C2PA manifest that calls it an AI edit of the upload.
-    `app` is refine, inpaint or colorize; `kw` goes to that function. {filename, png, payload, seed, width, height}."""
-    from api import apps
-    from generator.image_io import encode_png
-    from provenance.c2pa import COMPOSITE_TRAINED, sign_png
-
-    if rt.service_key is None or rt.signer is None:
-        raise GuardError("the service has no watermark key or signer; restart it to create them")
-    steps = apps.DEFAULT_STEPS if steps is None else steps
-    if not 1 <= steps <= rt.settings.max_app_steps:
-        raise GuardError(f"steps must be between 1 and {rt.settings.max_app_steps}, got {steps}")
-    seed = secrets.randbits(31) if seed is None else seed
-    marking = apps.Marking(rt.service_key, account.id, seed)
-    if app == "colorize":
-        if rt.color is None:
-            raise GuardError("this service has no colour model installed")
-        out = apps.colorize(*rt.color, img, steps=steps, marking=marking, precision=PRECISION)
-    elif app == "refine":
-        out = apps.refine(rt.model, rt.schedule, img, steps=steps, marking=marking, precision=PRECISION, **kw)
-    elif app == "inpaint":
-        out = apps.inpaint_image(rt.model, rt.schedule, img, kw.pop("known"), steps=steps, marking=marking,
-                                 precision=PRECISION, **kw)
-    else:
-        raise ValueError(f"unknown application {app!r}")
-    name = f"ddpm-guard_{app}_{seed}.png"
-    payload = f"{account.id:08x}"
-    png = sign_png(encode_png(out), rt.signer, title=name, source_type=COMPOSITE_TRAINED,
-                   assertion={"account": account.name, "payload": payload, "key_label": SERVICE_KEY_LABEL,
-                              "application": app})
-    return {"filename": name, "png": png, "payload": payload, "seed": seed, "width": int(out.shape[-1]),
-            "height": int(out.shape[-2])}
-
-
-def zip_files(files: list[dict]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:  # PNGs are already compressed
-        for f in files:
-            z.writestr(f["filename"], f["png"])
-    return buf.getvalue()
-
-
-__all__ = ["Runtime", "open_runtime", "prepare_home", "key_files", "load_key_ring", "check_decoder", "generate_signed", "apply_signed",
-           "zip_files"]
+__all__ = ["Runtime", "open_runtime", "prepare_home", "new_api_key", "key_files", "load_key_ring", "check_decoder", "SERVICE_KEY_LABEL"]

@@ -132,15 +132,14 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 def _audit_worker(rt: Runtime):
     """The audit worker: the default checks, and the deep spec with the service's key ring for
     jobs that ask for the watermark check. Keys go to it as file paths, like to a Ray actor."""
-    from api.audit.engine import ScanSpec
     from api.audit_jobs import AuditWorker
     from api.store import AuditJobs
+    from api.usecases import audit_spec
 
-    s = rt.settings
-    base = dict(detector=s.detector, checkpoint=s.checkpoint, trust_anchors=rt.scanner.trust_anchors, alpha=s.alpha,
-                db_url=s.db_url, decoder=s.watermark_decoder)
+    s, anchors = rt.settings, rt.scanner.trust_anchors
     ring = tuple(str(p) for p in key_files(s.keys_dir))
-    return AuditWorker(s, AuditJobs(rt.store), ScanSpec(**base), ScanSpec(**base, key_files=ring) if ring else None)
+    deep = audit_spec(s, key_files=ring, trust_anchors=anchors) if ring else None
+    return AuditWorker(s, AuditJobs(rt.store), audit_spec(s, trust_anchors=anchors), deep)
 
 
 def _metrics(app: FastAPI) -> None:

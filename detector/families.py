@@ -20,7 +20,6 @@ reads either kind, so `detector train --fake-generator DIR` takes any of them.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -163,21 +162,3 @@ def sample_family(net: VAE | GAN, n: int, seed: int, batch_size: int = 500) -> t
     """n samples in [-1, 1], 8-bit quantised like every other image the detector sees."""
     gen = torch.Generator().manual_seed(seed)
     return quantize(torch.cat([net.sample(min(batch_size, n - i), gen).cpu() for i in range(0, n, batch_size)]))
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--kind", choices=KINDS, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    net = train_family(FamilyConfig(kind=a.kind), steps=a.steps, seed=a.seed, log=print)
-    save_family(net, a.out, {"train": {"command": f"python -m detector.families --kind {a.kind} --out {a.out} "
-                                                  f"--steps {a.steps} --seed {a.seed}", "data": "mnist5k train (4,000)",
-                                       "steps": a.steps, "seed": a.seed}})
-    print(f"saved {a.out}")
-
-
-if __name__ == "__main__":
-    main()

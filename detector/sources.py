@@ -190,3 +190,40 @@ def split_sources(fakes: dict[str, torch.Tensor], part: str) -> torch.Tensor:
     """Per source, the first 80 % ('train') or the rest ('calib'), concatenated."""
     k = {name: int(round(len(x) * SPLIT_FRAC)) for name, x in fakes.items()}
     return torch.cat([x[:k[n]] if part == "train" else x[k[n]:] for n, x in fakes.items()])
+
+
+def families(generators: list[str] | None, folders: list[str] | None, *, default_bundled: bool) -> list[Family]:
+    """`--fake-generator RUN_DIR|bundled` and `--fake folder:PATH` -> Families, checked up front (the bundled
+    generator when neither is given and `default_bundled`); two families of one name are refused."""
+    gens = generators or ([BUNDLED] if default_bundled and not folders else [])
+    fams = [parse_generator(g) for g in gens] + [folder_family(f) for f in folders or []]
+    names = [f.name for f in fams]
+    if len(set(names)) != len(names):
+        raise GuardError(f"two fake families share a name ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))}); "
+                         "rename one folder")
+    return fams
+
+
+def training_sources(generators: list[str] | None, folders: list[str] | None, reals: list[str] | None,
+                     out: str | Path) -> list[Family]:
+    """The fake families and real folders of a detector's training or calibration, checked, and the output folder
+    made: a mistake fails before the minutes of fake-making and training, not after."""
+    fams = families(generators, folders, default_bundled=True)
+    for r in reals or []:
+        if r != "mnist5k":
+            parse_folder(r, "--real")
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GuardError(f"{out}: cannot create the output folder ({e.strerror})") from None
+    return fams
+
+
+def trained_families(meta: dict) -> list[Family]:
+    """The generator families a detector was trained on (its meta), where their folders still exist (folders of
+    fakes made elsewhere are not re-read: their images were all used in training)."""
+    out = []
+    for f in (meta.get("train") or {}).get("families", {}).values():
+        if f.get("kind") != "folder" and (f.get("path") is None or Path(f["path"]).is_dir()):
+            out.append(parse_generator(f.get("path") or BUNDLED))
+    return out

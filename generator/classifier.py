@@ -7,7 +7,6 @@ digits only (never on the 1,000 held-out ones, which serve as the reference set)
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -96,18 +95,14 @@ def predict(net: DigitNet, images: torch.Tensor, batch_size: int = 512) -> tuple
     return torch.cat(feats), torch.cat(logits)
 
 
-def main() -> None:
-    """Reproduce the bundled classifier: python -m generator.classifier [OUT]"""
+def rebuild_classifier(out: str | Path = BUNDLED_CLASSIFIER, log=None) -> float:
+    """Train the bundled digit classifier again (mnist5k train, 15 epochs, seed 0) into `out`; returns its
+    held-out accuracy."""
     from generator.data import load_dataset
 
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else BUNDLED_CLASSIFIER
     tr, held = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "heldout")
-    net = train_classifier(tr.images, tr.labels, log=lambda s: print(s, file=sys.stderr))
+    net = train_classifier(tr.images, tr.labels, log=log or (lambda s: None))
     _, logits = predict(net, held.images)
     acc = (logits.argmax(1) == held.labels).float().mean().item()
     save_classifier(net, out, {"heldout_accuracy": acc, "train": {"data": "mnist5k train (4000)", "epochs": 15, "seed": 0}})
-    print(f"held-out accuracy {acc:.4f}; saved to {out}")
-
-
-if __name__ == "__main__":
-    main()
+    return acc

@@ -68,15 +68,4 @@ def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
     return cls(**d)
 
 
-_ARG_TYPES = {"int": int, "float": float, "str": str}
-
-
-def add_config_arguments(parser, cls: type) -> None:
-    """One `--field-name` option per field of a config dataclass, typed like its default; a field whose
-    default is None (`float | None`, `int | None`) takes the type its annotation names and defaults to None."""
-    for f in fields(cls):
-        kind = type(f.default) if f.default is not None else _ARG_TYPES[str(f.type).split("|")[0].strip()]
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
-
-
-__all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "config_to_dict", "config_from_dict", "add_config_arguments"]
+__all__ = ["UNetConfig", "DiffusionConfig", "TrainConfig", "config_to_dict", "config_from_dict"]

@@ -19,10 +19,8 @@ next (32 -> 8 -> 4 -> 2).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +29,7 @@ import torch
 from torch import nn
 
 from generator.checkpoint import default_device, load_model, save_model
-from generator.config import add_config_arguments, config_to_dict
+from generator.config import config_to_dict
 from generator.data import load_dataset
 from generator.samplers import autocast_for, ddim_step, guided_eps, timesteps_for
 from generator.schedule import NoiseSchedule
@@ -245,18 +243,3 @@ def distill(teacher_dir: str | Path | None, out_dir: str | Path, cfg: DistillCon
             log(f"stopping at step {step}: max_minutes reached")
             break
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m generator.distill")
-    p.add_argument("--teacher", default=None, help="teacher checkpoint folder (default: the bundled model)")
-    p.add_argument("--out", required=True)
-    add_config_arguments(p, DistillConfig)
-    a = vars(p.parse_args(argv))
-    teacher, out = a.pop("teacher"), a.pop("out")
-    distill(teacher, out, DistillConfig(**a), log=lambda s: print(s, flush=True))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

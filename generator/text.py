@@ -178,9 +178,3 @@ def load_prompt_model(folder: str | None = None) -> PromptModel:
     cfg = read_config(folder, fmt="ddpm-guard-prompts-1")
     t, _ = load_tensors(folder / "model.safetensors")
     return PromptModel(t["descriptions"].numpy(), t["head.weight"].numpy(), t["head.bias"].numpy(), cfg["thresholds"])
-
-
-if __name__ == "__main__":
-    m = fit_prompt_model()
-    save_prompt_model(m)
-    print(f"saved {WEIGHTS}: thresholds {m.thresholds}")

@@ -216,3 +216,21 @@ class Trainer:
                 break
         model.eval()
         return last
+
+
+def train_run(out_dir: str | Path, unet: UNetConfig | None = None, diffusion: DiffusionConfig | None = None,
+              train: TrainConfig | None = None, *, resume: bool = False, max_steps: int | None = None,
+              max_minutes: float | None = None) -> dict[str, float]:
+    """Train a new run in `out_dir` (refused if it already holds one), or with `resume` continue the one there
+    exactly where it stopped; the data set is the run's own. Returns the last logged metrics."""
+    from generator.data import load_dataset
+
+    if resume:
+        trainer = Trainer.resume(out_dir, max_steps=max_steps, max_minutes=max_minutes)
+    else:
+        if (Path(out_dir) / CONFIG_NAME).exists():
+            raise GuardError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+        trainer = Trainer(out_dir, unet or UNetConfig(), diffusion or DiffusionConfig(), train or TrainConfig())
+    cfg = trainer.unet_cfg
+    data = load_dataset(trainer.cfg.dataset, "train", image_size=cfg.image_size, channels=cfg.in_channels)
+    return trainer.fit(data)

@@ -424,7 +424,8 @@ def test_detector_commands_take_a_fake_cache_folder(tmp_path, monkeypatch):
     """`--fake-cache DIR` reaches the commands (train, calibrate and eval reuse one folder of fakes); without it
     the working folder's runs/detector/fakes is used. A path that cannot be a folder fails at once, not after
     the fakes are made."""
-    from api.cli import _fake_cache, build_parser, main
+    from api.cli import build_parser, main
+    from api.cli.common import fake_cache as _fake_cache
     from detector.train import FAKE_CACHE
 
     monkeypatch.chdir(tmp_path)

@@ -10,7 +10,16 @@ from safetensors.torch import load_file, save_file
 from generator.checkpoint import BUNDLED
 from generator.errors import GuardError
 from watermark.decoder import DecoderConfig, MessageDecoder, load_decoder, save_decoder
-from watermark.reader import main, make_marks, train_reader
+from api.cli import main as cli
+from watermark.reader import make_marks, train_reader
+
+
+def main(args):  # the reader's commands, under `ddpm-guard weights reader`
+    return cli(["weights", "reader", *args])
+
+
+def decoder_main(args):  # `--out D --reader R`, under `ddpm-guard weights decoder reader`
+    return cli(["weights", "decoder", "reader", "--decoder", args[1], args[3]])
 
 
 def _chip_images(chips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -38,8 +47,6 @@ def test_training_a_reader_teaches_it_to_read_the_marks(tmp_path):
     reader, record = load_decoder(tmp_path / "r")
     assert isinstance(reader, MessageDecoder) and record["reader_training"]["n_marks"] == 640
     # attached to the base decoder with the decoder's CLI, it reads; a missing marks file is one message, exit 2
-    from watermark.decoder import main as decoder_main
-
     assert decoder_main(["--out", str(base), "--reader", str(tmp_path / "r")]) == 0
     assert load_decoder(base)[0].reader is not None
     # a reader file lost: the folder no longer loads, and `--reader none` mends it

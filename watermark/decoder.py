@@ -11,10 +11,8 @@ process (watermark.guided), which steers x0 toward images the decoder reads as t
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generator.config import add_config_arguments
 from generator.errors import GuardError
 from generator.perturb import jpeg, median_filter, resize_and_back
 
@@ -614,71 +611,3 @@ def load_decoder(path: str | Path | None = None, *, with_reader: bool = True) ->
     if record.get("read_views") or reader is not None:
         dec = ViewedDecoder(dec, record.get("read_views") or ["id"], reader)
     return dec.eval().requires_grad_(False), record
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m watermark.decoder")
-    p.add_argument("--out", required=True)
-    p.add_argument("--combine", nargs="+", default=None, metavar="DECODER_DIR",
-                   help="instead of training: put these trained decoders together as one ensemble in --out")
-    p.add_argument("--read-views", default=None, metavar="VIEWS",
-                   help=f"instead of training: read the decoder in --out under these views (comma-separated, from "
-                        f"{','.join(READ_VIEWS)}, the first id), then recalibrate it")
-    p.add_argument("--view-weights", default=None, metavar="WEIGHTS",
-                   help="with --read-views: each view's share of alpha, comma-separated, summing to 1 (default equal)")
-    p.add_argument("--reader", default=None, metavar="READER_DIR",
-                   help="instead of training: read the decoder in --out with the network trained in READER_DIR "
-                        "(python -m watermark.reader; 'none' takes the reader away), then recalibrate it")
-    add_config_arguments(p, TrainConfig)
-    p.add_argument("--bits", type=int, default=DecoderConfig.bits)
-    p.add_argument("--width", type=int, default=DecoderConfig.width)
-    p.add_argument("--canonical", type=int, default=1, help="moment normalisation before the CNN (1, the default) or not (0)")
-    p.add_argument("--canonical-smooth", type=float, default=DecoderConfig.canonical_smooth,
-                   help="blur (sigma, pixels) of the copy the frame's moments are taken on")
-    p.add_argument("--canonical-aniso", type=float, default=DecoderConfig.canonical_aniso,
-                   help="share of the per-axis scale correction (0: similarity frame, 1: affine)")
-    p.add_argument("--canonical-scale", type=float, default=DecoderConfig.canonical_scale,
-                   help="share of the size normalisation (1: radius of gyration fixed, 0: the digit keeps its size)")
-    a = vars(p.parse_args(argv))
-    out = a.pop("out")
-    views, weights, reader = a.pop("read_views"), a.pop("view_weights"), a.pop("reader")
-    if reader is not None:
-        try:
-            set_reader(out, None if reader == "none" else reader)
-        except GuardError as e:
-            print(f"python -m watermark.decoder: error: {e}", file=sys.stderr)
-            return 2
-        print(f"{out}: reader {reader}; now run `python -m watermark.guided --calibrate {out}`")
-        return 0
-    if weights is not None and views is None:
-        p.error("--view-weights goes with --read-views")
-    if views is not None:
-        try:
-            names = [v.strip() for v in views.split(",")]
-            w = [float(v) for v in weights.split(",")] if weights else [1 / len(names)] * len(names)
-            set_read_views(out, names, w)
-        except ValueError:
-            p.error(f"--view-weights must be numbers, got {weights!r}")
-        except GuardError as e:
-            print(f"python -m watermark.decoder: error: {e}", file=sys.stderr)
-            return 2
-        print(f"{out}: read views {names}; now run `python -m watermark.guided --calibrate {out}`")
-        return 0
-    if a["combine"]:
-        combine_decoders(a["combine"], out)
-        return 0
-    a.pop("combine")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    try:
-        dcfg = DecoderConfig(bits=a.pop("bits"), width=a.pop("width"), canonical=bool(a.pop("canonical")),
-                             canonical_smooth=a.pop("canonical_smooth"), canonical_aniso=a.pop("canonical_aniso"),
-                             canonical_scale=a.pop("canonical_scale"))
-        train_decoder(out, TrainConfig(**a), dcfg, log=lambda s: print(s, flush=True))
-    except GuardError as e:
-        print(f"python -m watermark.decoder: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -253,3 +253,21 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
         report["fid"] = fid_change(model, schedule, key, payload, n=n, seeds=fid_seeds, seed=seed, log=log,
                                    guided=scheme, decoder=decoder, **kw)
     return report
+
+
+def evaluate(key_file: str, *, checkpoint: str | None = None, guided: bool = False, n: int = 500,
+             n_negative: int | None = None, steps: int | None = None, alpha: float = 0.01, search: bool = False,
+             seed: int = 0, fid_seeds: int = 2, out_dir: str | Path | None = None, log=None) -> dict:
+    """`watermark eval`: the x_T mark read by inversion (`evaluate_watermark`; also whenever the rotation search
+    is asked for), or with `guided` the guided mark read without inversion (`evaluate_guided`, which refuses a
+    model the decoder cannot read)."""
+    from generator.checkpoint import load_model
+    from watermark.keys import load_key
+
+    key = load_key(key_file)
+    model, schedule, _ = load_model(checkpoint)
+    if not guided or search:
+        return evaluate_watermark(model, schedule, key, n=n, n_negative=n_negative or 10_000, steps=steps or 10,
+                                  alpha=alpha, search=search, seed=seed, fid_seeds=fid_seeds, out_dir=out_dir, log=log)
+    return evaluate_guided(model, schedule, key, n=n, n_negative=n_negative or 2000, alpha=alpha, seed=seed,
+                           fid_seeds=fid_seeds, log=log)

@@ -525,30 +525,3 @@ def calibrate(decoder_dir: str, model, schedule, *, n_samples: int = 2000, seed:
     log(f"calibrated on {len(logits)} unmarked images; largest chip imbalance "
         f"{record['calibration']['chip_balance_max_dev']:.3f}")
     return record["calibration"]
-
-
-if __name__ == "__main__":
-    import argparse
-    import sys
-
-    from generator.checkpoint import load_model
-
-    ap = argparse.ArgumentParser(prog="python -m watermark.guided",
-                                 description="calibrate the watermark decoder's chip centres on unmarked images")
-    ap.add_argument("--calibrate", required=True, metavar="DECODER_DIR")
-    ap.add_argument("--n-samples", type=int, default=2000)
-    ap.add_argument("--n-marks", type=int, default=256,
-                    help="guided marks with random codewords for the soft test's other null (0: none)")
-    ap.add_argument("--energy-split", type=float, default=None, metavar="Q",
-                    help=f"the soft test takes the marked null only above this quantile of unmarked chip energy (e.g. "
-                         f"{ENERGY_QUANTILE}; default: everywhere, as the bundled calibration does)")
-    a = ap.parse_args()
-    if a.energy_split is not None and not 0 < a.energy_split < 1:
-        ap.error("--energy-split is a quantile in (0, 1)")
-    try:
-        m, sch, _ = load_model(None)
-        calibrate(a.calibrate, m, sch, n_samples=a.n_samples, n_marks=a.n_marks, energy_quantile=a.energy_split)
-    except GuardError as e:
-        print(f"python -m watermark.guided: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(0)

@@ -17,9 +17,6 @@ benchmarks use 0-1,100):
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -162,50 +159,3 @@ def train_reader(marks: list[str | Path], out: str | Path, *, steps: int = 3000,
     Path(out).mkdir(parents=True, exist_ok=True)
     save_decoder(Path(out), reader, {**keep, "reader_training": info})
     return info
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m watermark.reader", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("make", help="make guided marks with random codewords")
-    m.add_argument("--n", type=int, default=5120)
-    m.add_argument("--out", required=True)
-    m.add_argument("--seed", type=int, default=50_000)
-    m.add_argument("--chunk", type=int, default=128)
-    m.add_argument("--start", type=int, default=0, help="skip the marks before this one (a multiple of --chunk)")
-    t = sub.add_parser("train", help="fine-tune a reader on marks files")
-    t.add_argument("marks", nargs="+")
-    t.add_argument("--out", required=True)
-    t.add_argument("--steps", type=int, default=3000)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--max-aspect", type=float, default=4 / 3)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--attack-weights", default=None, metavar="NAME=W,...",
-                   help="relative weights of the attacks in training (1 for those not named), e.g. noise=3")
-    for q in (m, t):
-        q.add_argument("--decoder", default=None, help="the decoder folder guidance steers (default: the bundled one)")
-    a = p.parse_args(argv)
-    try:
-        if a.cmd == "make":
-            make_marks(a.n, a.out, seed=a.seed, chunk=a.chunk, start=a.start, decoder=a.decoder,
-                       log=lambda s: print(s, flush=True))
-        else:
-            weights = None
-            if a.attack_weights:
-                try:
-                    weights = {k.strip(): float(v) for k, v in (kv.split("=") for kv in a.attack_weights.split(","))}
-                except ValueError:
-                    raise GuardError(f"--attack-weights takes NAME=W pairs, comma-separated; got {a.attack_weights!r}")
-            info = train_reader(a.marks, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                                max_aspect=a.max_aspect, seed=a.seed, decoder=a.decoder, attack_weights=weights,
-                                log=lambda s: print(s, flush=True))
-            print(json.dumps(info))
-    except GuardError as e:
-        print(f"python -m watermark.reader: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

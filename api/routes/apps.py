@@ -1,4 +1,4 @@
-"""The applications as routes: each takes a multipart upload, runs one `api.runtime.apply_signed` call
+"""The applications as routes: each takes a multipart upload, runs one `api.usecases.apply_for_account` call
 in a worker thread and answers JSON (base64 PNG) or, with `Accept: image/png`, the PNG itself."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from api.deps import AccountDep, RuntimeDep
-from api.runtime import Runtime, apply_signed
+from api.runtime import Runtime
+from api.usecases import apply_for_account, inpaint_mask
 from api.schemas import AppImage
 from generator.errors import GuardError
 from generator.image_io import decode_image, to_tensor
@@ -31,7 +32,7 @@ async def _decode(rt: Runtime, f: UploadFile, what: str):
 
 
 async def _answer(request: Request, rt: RuntimeDep, account, app: str, img, **kw):
-    out = await run_in_threadpool(apply_signed, rt, account, app, img, **kw)
+    out = await run_in_threadpool(apply_for_account, rt, account, app, img, **kw)
     if "image/png" in request.headers.get("accept", ""):
         return Response(out["png"], media_type="image/png", headers={
             "Content-Disposition": f'attachment; filename="{out["filename"]}"', "X-DDPM-Guard-Payload": out["payload"]})
@@ -57,13 +58,10 @@ async def inpaint(request: Request, rt: RuntimeDep, account: AccountDep,
                   mask: Annotated[UploadFile | None, File(description="white = fill, black = keep; same size")] = None,
                   shape: Annotated[Literal["box", "half", "strokes"] | None, Form(description="a built-in mask instead")] = None,
                   steps: Steps = None, seed: Seed = None):
-    from api.apps import built_in_mask, mask_from_image
-
     if (mask is None) == (shape is None):
         raise GuardError("give exactly one of mask (a file) and shape (box, half or strokes)")
     img = await _decode(rt, image, "image")
-    known = (built_in_mask(shape, img.shape[-2], img.shape[-1], seed or 0) if shape is not None
-             else mask_from_image(await _decode(rt, mask, "mask"), tuple(img.shape[-2:])))
+    known = inpaint_mask(shape if shape is not None else await _decode(rt, mask, "mask"), img, seed or 0)
     return await _answer(request, rt, account, "inpaint", img, known=known, steps=steps, seed=seed)
 
 

@@ -1,0 +1,7 @@
+"""`python -m api.cli` runs the command line (the tests call it this way, as the `ddpm-guard` script does)."""
+
+import sys
+
+from api.cli import main
+
+sys.exit(main())
