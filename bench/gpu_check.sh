@@ -14,7 +14,6 @@
 #   with `git checkout -- generator/weights bench/detector`)
 # Then: device run, command `bash bench/gpu_check.sh`, carry [".whl"], timeout 570 s. Results land in $OUT.
 cd "$(dirname "$0")/.."
-cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -29,7 +28,7 @@ timeout 60 $CLI sample --n 64 --fast --out $D/samples --seed 0 --json | tail -c 
 timeout 90 $CLI demo --out $D/demo
 timeout 60 $CLI scan --key $D/demo/demo.key $D/demo/watermarked $D/demo/edited $D/demo/plain $D/demo/real | tail -4
 timeout 60 $CLI sample --n 16 --out $D/g --watermark-key $D/demo/demo.key --guided-mark --payload c0ffee42 --json | tail -c 200
-timeout 60 $CLI watermark verify --key $D/demo/demo.key --json $D/g/*.png | python3 -c "import json,sys; r=json.load(sys.stdin); print('guided verified', sum(x['watermarked'] for x in r), 'of', len(r))"
+timeout 60 $CLI watermark verify --key $D/demo/demo.key --json $D/g/*.png | python3 -c "import json,sys; r=[json.loads(l) for l in sys.stdin if l.strip()]; print('guided verified', sum(x['watermarked'] for x in r), 'of', len(r))"
 R=$(ls $D/demo/real/*.png | head -1)
 timeout 60 $CLI refine --image $R --scale 2 --out $D/sr.png --json
 timeout 60 $CLI refine --image $R --deblur 1.5 --out $D/db.png --json

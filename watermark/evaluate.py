@@ -15,7 +15,7 @@ from generator.data import load_dataset
 from generator.image_io import quantize
 from generator.metrics import psnr_db
 from generator.pipeline import generate
-from watermark.attacks import ATTACKS, TREE_RING_SIX
+from watermark.attacks import ATTACKS, HELD_OUT_ATTACKS, TREE_RING_SIX, held_out_attack
 from watermark.detect import verify
 from watermark.embed import Codec, Scheme, generate_under_keys, generate_watermarked
 from watermark.keys import WatermarkKey
@@ -136,19 +136,6 @@ def _plot(report: dict, path: Path) -> None:
 
 
 HEADLINE = ("clean", *TREE_RING_SIX)  # issue 10's average: clean + the six Tree-Ring attacks
-HELD_OUT_ATTACKS = ("gamma0.5", "jpeg+crop")  # never in the decoder's training: an honest 'unseen edit' check
-
-
-def _held_out_attack(name: str, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    from generator.perturb import jpeg, random_resized_crop
-
-    if name == "gamma0.5":  # a tone curve: x -> x^0.5 on [0, 1] (lifts the dark strokes' edges)
-        return ((x + 1) / 2).clamp(0, 1).pow(0.5) * 2 - 1
-    if name == "jpeg+crop":  # two edits in a row, as uploads see them
-        return jpeg(random_resized_crop(x, g), 50)
-    raise KeyError(name)
-
-
 def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negative: int = 2000,
                     payload: int = 0xC0FFEE42, alpha: float = 0.01, seed: int = 0, steps: int = 50,
                     attacks: tuple[str, ...] = tuple(ATTACKS) + HELD_OUT_ATTACKS, fid_seeds: int = 0,
@@ -207,7 +194,7 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     neg_p = {"real": [], "unmarked": [], "other_key": []}
     t_dec, n_dec = 0.0, 0
     for name in attacks:
-        att = ATTACKS.get(name) or (lambda x, gg, _n=name: _held_out_attack(_n, x, gg))
+        att = ATTACKS.get(name) or (lambda x, gg, _n=name: held_out_attack(_n, x, gg))
         sets = {k: quantize(att(v, g)) for k, v in
                 (("marked", marked), ("real", held), ("unmarked", unmarked), ("other_key", others))}
         t0 = time.time()

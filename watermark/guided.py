@@ -302,15 +302,17 @@ def make_hook(key: WatermarkKey, payload: int, scheme: GuidedScheme = GuidedSche
 
 
 def codewords_hook(codewords: torch.Tensor, scheme: GuidedScheme = GuidedScheme(), decoder: str | None = None,
-                   seed: int = 0):
+                   seed: int = 0, *, net=None, center: torch.Tensor | None = None):
     """An x0 hook that guides image i toward codewords[i] ((B, bits) chips from `codeword`), or every image
     toward codewords[0] when it holds one row: marks under many keys in one batch (the sampler must then run
-    the B images as one batch)."""
-    dec, cal = decoder_and_center(decoder)
-    check_scheme(dec, scheme)
-    dec = dec.embed  # a decoder read under several views is guided through the first (the file itself)
-    cw = codewords.float().repeat(1, dec.copies)  # every member reads its own copy
-    center = cal.guide_center(cw.shape[1])
+    the B images as one batch). `net` and `center`: the network guidance steers and its chip medians, for a
+    decoder not calibrated yet (default: the decoder folder's)."""
+    if net is None:
+        dec, cal = decoder_and_center(decoder)
+        check_scheme(dec, scheme)
+        net = dec.embed  # a decoder read under several views is guided through the first (the file itself)
+    cw = codewords.float().repeat(1, net.copies)  # every member reads its own copy
+    center = cal.guide_center(cw.shape[1]) if center is None else center
     gen = torch.Generator().manual_seed(seed + 7919)
 
     def hook(x0: torch.Tensor, t: int) -> torch.Tensor:
@@ -318,9 +320,42 @@ def codewords_hook(codewords: torch.Tensor, scheme: GuidedScheme = GuidedScheme(
             return x0
         if len(cw) not in (1, len(x0)):
             raise ValueError(f"{len(cw)} codewords for a batch of {len(x0)} images")
-        return guide_x0(x0, cw.expand(len(x0), -1), dec, center, scheme, gen)
+        return guide_x0(x0, cw.expand(len(x0), -1), net, center, scheme, gen)
 
     return hook
+
+
+def guided_marks(n: int, *, seed: int = 50_000, chunk: int = 128, start: int = 0, decoder: str | None = None,
+                 net=None, center: torch.Tensor | None = None, log=print) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, chips): marks n[start:] of n guided marks, each with its own random codeword, as `sample
+    --guided-mark` makes them (DDIM 50 steps, the default GuidedScheme, 8-bit). `start` skips the marks an earlier
+    run made (their chips are still drawn, so the rest come out the same as in one run). `net` and `center`: as for
+    `codewords_hook`. The reader trains on them; the calibration's marked null reads them."""
+    import time
+
+    from generator.checkpoint import load_model
+    from generator.image_io import quantize
+    from generator.pipeline import generate
+
+    if n < 1 or chunk < 1 or start % chunk or not 0 <= start < n:
+        raise GuardError(f"make needs n >= 1 and a start in [0, n) that is a multiple of the chunk; got n={n}, "
+                         f"start={start}, chunk={chunk}")
+    model, schedule, _ = load_model(None)
+    scheme = GuidedScheme()
+    gchips = torch.Generator().manual_seed(seed)
+    imgs, chips = [], []
+    t0 = time.time()
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        c = 1.0 - 2.0 * torch.randint(0, 2, (m, scheme.bits), generator=gchips).float()
+        if i < start:
+            continue
+        hook = codewords_hook(c, scheme, decoder, seed + i, net=net, center=center)
+        x, _ = generate(model, schedule, m, seed=seed + i, steps=50, precision="auto", batch_size=m, x0_hook=hook)
+        imgs.append(quantize(x))
+        chips.append(c)
+        log(f"{i + m}/{n} marks, {(i + m - start) / (time.time() - t0):.1f}/s")
+    return torch.cat(imgs), torch.cat(chips)
 
 
 @dataclass
@@ -493,8 +528,6 @@ def calibrate(decoder_dir: str, model, schedule, *, n_samples: int = 2000, seed:
         # they are written for (the file itself). That is the strongest reading a mark gets, so its spread bounds what
         # a mark under another key does in any view (an attacked mark read in the view that undoes the attack)
         from dataclasses import replace
-
-        from watermark.reader import guided_marks
 
         marks, _ = guided_marks(n_marks, seed=90_000, chunk=128, net=dec.embed,
                                 center=cal.guide_center(dec.embed.config.bits), log=log)

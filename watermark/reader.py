@@ -24,45 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.errors import GuardError
-
-
-def guided_marks(n: int, *, seed: int = 50_000, chunk: int = 128, start: int = 0, decoder: str | None = None,
-                 net=None, center: torch.Tensor | None = None, log=print) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, chips): marks n[start:] of n guided marks, each with its own random codeword, as `sample
-    --guided-mark` makes them (DDIM 50 steps, the default GuidedScheme, 8-bit). `start` skips the marks an earlier
-    run made (their chips are still drawn, so the rest come out the same as in one run). `net` and `center`: the
-    network guidance steers and its chip medians, for a decoder not calibrated yet (default: the decoder's)."""
-    from generator.checkpoint import load_model
-    from generator.image_io import quantize
-    from generator.pipeline import generate
-    from watermark.guided import GuidedScheme, decoder_and_center, guide_x0
-
-    if n < 1 or chunk < 1 or start % chunk or not 0 <= start < n:
-        raise GuardError(f"make needs n >= 1 and a start in [0, n) that is a multiple of the chunk; got n={n}, "
-                         f"start={start}, chunk={chunk}")
-    model, schedule, _ = load_model(None)
-    scheme = GuidedScheme()
-    if net is None:
-        dec, cal = decoder_and_center(decoder)
-        net, center = dec.embed, cal.guide_center(scheme.bits)
-    gchips = torch.Generator().manual_seed(seed)
-    imgs, chips = [], []
-    t0 = time.time()
-    for i in range(0, n, chunk):
-        m = min(chunk, n - i)
-        c = 1.0 - 2.0 * torch.randint(0, 2, (m, scheme.bits), generator=gchips).float()
-        if i < start:
-            continue
-        gen = torch.Generator().manual_seed(seed + 7919 + i)
-
-        def hook(x0, t, _c=c, _g=gen):
-            return x0 if t > scheme.start else guide_x0(x0, _c, net, center, scheme, _g)
-
-        x, _ = generate(model, schedule, m, seed=seed + i, steps=50, precision="auto", batch_size=m, x0_hook=hook)
-        imgs.append(quantize(x))
-        chips.append(c)
-        log(f"{i + m}/{n} marks, {(i + m - start) / (time.time() - t0):.1f}/s")
-    return torch.cat(imgs), torch.cat(chips)
+from watermark.guided import guided_marks
 
 
 def make_marks(n: int, out: str | Path, *, seed: int = 50_000, chunk: int = 128, start: int = 0,
