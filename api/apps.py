@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from generator.errors import GuardError
-from generator.restore import SCALES, blur, colorize_image, ddnm, downsample, gray, inpaint
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.restore import SCALES, blur, colorize_image, ddnm, downsample, gray, inpaint
 
 MASKS = ("box", "half", "strokes")  # built-in masks; anything else is a mask image file
 DEFAULT_STEPS = 100  # DDNM steps (BENCHMARKS.md, applications: quality saturates by 100 on the digit model)
@@ -50,7 +50,7 @@ def _start(model: torch.nn.Module, n: int, marking: Marking, eta: float, jump: i
     if (jump or 0) and (repeats or 1) > 1:
         raise GuardError("time travel (--jump/--repeats) re-noises the run, which the watermark cannot survive; "
                          "drop --jump/--repeats or the watermark key")
-    from watermark.embed import Codec, watermarked_noise
+    from ddpm_guard.watermark.latent.codec import Codec, watermarked_noise
 
     codec = Codec(marking.key, shape[1:])
     return watermarked_noise(codec, marking.payload, n, gen), gen, 0.0, 0, 1

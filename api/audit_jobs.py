@@ -12,11 +12,11 @@ import queue
 import threading
 from pathlib import Path
 
-from generator.errors import GuardError
-from api.audit import run_audit
-from api.audit.engine import ScanSpec
-from api.settings import Settings
-from api.store import AuditJobs
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.api.audit import run_audit
+from ddpm_guard.api.audit.engine import ScanSpec
+from ddpm_guard.api.settings import Settings
+from ddpm_guard.api.store import AuditJobs
 
 log = logging.getLogger("ddpm_guard.audit")
 

@@ -13,21 +13,21 @@ from pathlib import Path
 
 import torch
 
-from generator.checkpoint import load_model
-from generator.data import load_dataset
-from generator.errors import GuardError
-from generator.image_io import quantize, save_image, save_jpeg
-from generator.pipeline import generate, write_samples
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import quantize, save_image, save_jpeg
+from ddpm_guard.generator.pipeline import generate, write_samples
 
 DEMO_PAYLOAD = "c0ffee42"
 
 
 def run_demo(out: str | Path, n_watermarked: int = 8, n_real: int = 4, seed: int = 0) -> list[dict]:
     """Write the demo files under `out` and return one row per image with both verdicts."""
-    from detector.predict import detect_files, load_detector
-    from watermark.embed import generate_watermarked, parse_payload
-    from watermark.keys import load_key, new_key_file
-    from watermark.verify import verify_files
+    from ddpm_guard.detector.predict import detect_files, load_detector
+    from ddpm_guard.watermark.marking import MarkSpec, generate_marked, parse_payload
+    from ddpm_guard.watermark.keys import load_key, new_key_file
+    from ddpm_guard.watermark.verify import verify_files
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -39,10 +39,9 @@ def run_demo(out: str | Path, n_watermarked: int = 8, n_real: int = 4, seed: int
     key_path = out / "demo.key"
     key = load_key(key_path) if key_path.exists() else new_key_file(key_path)
     model, schedule, _ = load_model()
-    wm, labels = generate_watermarked(model, schedule, key, parse_payload(DEMO_PAYLOAD), n_watermarked, seed=seed,
-                                      precision="auto", guided=True)  # both marks: the edited copies need the guided one
+    wm, labels = generate_marked(model, schedule, key, parse_payload(DEMO_PAYLOAD), n_watermarked, MarkSpec.of(guided=True), seed=seed, precision="auto")  # both marks: the edited copies need the guided one
     files = [("watermarked", p) for p in write_samples(wm, out / "watermarked", labels)]
-    from generator.perturb import random_resized_crop
+    from ddpm_guard.generator.perturb import random_resized_crop
 
     edited = out / "edited"
     edited.mkdir(exist_ok=True)
@@ -57,7 +56,7 @@ def run_demo(out: str | Path, n_watermarked: int = 8, n_real: int = 4, seed: int
         j = i * (len(held) // n_real)  # one from each part of the label-sorted set
         files.append(("real digit", save_image(held.images[j], out / "real" / f"real_{j:04d}_label{int(held.labels[j])}.png")))
     paths = [str(p) for _, p in files]
-    verdicts = verify_files(paths, key)
+    verdicts = [{**v, "watermarked": v.get("detected")} for v in verify_files(paths, {"demo": key})]
     detections = detect_files(paths, load_detector())
     rows = []
     for (kind, p), v, d in zip(files, verdicts, detections):

@@ -9,8 +9,8 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
-from api.runtime import Runtime
-from api.store import Account
+from ddpm_guard.api.runtime import Runtime
+from ddpm_guard.api.store import Account
 
 
 def get_runtime(request: Request) -> Runtime:

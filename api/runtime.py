@@ -11,18 +11,18 @@ from pathlib import Path
 
 import torch
 
-from generator.errors import GuardError
-from api.scan import Scanner
-from api.settings import Settings
-from api.store import Account, Store
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.api.scan import Scanner
+from ddpm_guard.api.settings import Settings
+from ddpm_guard.api.store import Account, Store
 
 SERVICE_KEY_LABEL = "service"
 
 
 def prepare_home(settings: Settings) -> None:
     """First start: the home folder (0700), the service's watermark key (0600) and a C2PA signer."""
-    from watermark.keys import new_key_file
-    from provenance.c2pa import new_signer
+    from ddpm_guard.watermark.keys import new_key_file
+    from ddpm_guard.provenance.c2pa import new_signer
 
     try:
         settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -42,7 +42,7 @@ def key_files(folder: Path | None) -> list[Path]:
 
 def load_key_ring(folder: Path | None, extra: list[str] | tuple = ()) -> dict:
     """{label: key} for every *.key in `folder` plus extra key files; label = file stem (primed if taken)."""
-    from watermark.keys import load_key
+    from ddpm_guard.watermark.keys import load_key
 
     ring = {}
     for f in key_files(folder) + [Path(p) for p in extra]:
@@ -67,7 +67,7 @@ class Runtime:
 
     def fast_config(self):
         if self.fast is None:
-            from generator.checkpoint import load_fast
+            from ddpm_guard.generator.checkpoint import load_fast
 
             self.fast = load_fast(next(self.model.parameters()).device)
         return self.fast
@@ -77,9 +77,9 @@ def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, wat
                  color: bool = False) -> Runtime:
     """Load the models and the home's state. `watermark=False` skips the watermark check in scans;
     `color=True` also loads the colour model (the service's /v1/colorize; a CLI scan has no use for it)."""
-    from detector.predict import load_detector
-    from generator.checkpoint import load_model
-    from provenance.c2pa import load_signer, load_trust_anchors
+    from ddpm_guard.detector.predict import load_detector
+    from ddpm_guard.generator.checkpoint import load_model
+    from ddpm_guard.provenance.c2pa import load_signer, load_trust_anchors
 
     store = Store(settings.db_url) if settings.has_store else None
     model, schedule, _ = load_model(settings.checkpoint)
@@ -98,13 +98,13 @@ def open_runtime(settings: Settings, *, extra_keys: list[str] | None = None, wat
 def check_decoder(folder: str | None) -> None:
     """A watermark decoder folder that is no calibrated decoder: one message (GuardError) before any work."""
     if folder is not None:
-        from watermark.guided import decoder_and_center
+        from ddpm_guard.watermark.guided.read import decoder_and_center
 
         decoder_and_center(folder)
 
 
 def _load_color(folder: str | None) -> tuple | None:
-    from generator.checkpoint import BUNDLED_COLOR, load_model
+    from ddpm_guard.generator.checkpoint import BUNDLED_COLOR, load_model
 
     if folder is None and not (BUNDLED_COLOR / "config.json").exists():
         return None
@@ -114,7 +114,7 @@ def _load_color(folder: str | None) -> tuple | None:
 
 def new_api_key(home: str | None, account: str) -> tuple[Account, str]:
     """An API key for an account of the service in `home` (made on first use): (account, the key, shown once)."""
-    from api.settings import load_settings
+    from ddpm_guard.api.settings import load_settings
 
     settings = load_settings(home)
     prepare_home(settings)

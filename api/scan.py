@@ -23,12 +23,12 @@ from typing import Callable, Iterable
 
 import torch
 
-from generator.errors import GuardError
-from generator.image_io import decode_image, expand_paths, read_bytes, sniff_format, stack_fitted, to_tensor
-from detector.predict import Detector
-from watermark.keys import WatermarkKey
-from provenance.c2pa import describe, is_ai_source, read_metadata
-from watermark.verify import verify_images
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import decode_image, expand_paths, read_bytes, sniff_format, stack_fitted, to_tensor
+from ddpm_guard.detector.predict import Detector
+from ddpm_guard.watermark.keys import WatermarkKey
+from ddpm_guard.provenance.c2pa import describe, is_ai_source, read_metadata
+from ddpm_guard.watermark.verify import verify_images
 
 VERDICTS = ("watermarked-ours", "signed-synthetic", "synthetic", "likely-real", "out-of-domain", "unreadable")
 
@@ -110,10 +110,10 @@ def _watermarks(fitted: Callable[[tuple], torch.Tensor], n: int, scanner: Scanne
     for v in verify_images(x, scanner.keys, scanner.model, scanner.schedule, alpha=scanner.alpha, guided=True,
                            decoder=scanner.decoder):
         account = None
-        if v["payload_valid"] and scanner.account_name is not None:
-            account = scanner.account_name(int(v["payload"], 16))
-        out.append({"detected": v["detected"], "p_value": v["p_value"], "payload": v["payload"],
-                    "account": account, "key_label": v["key_label"], "checked": True})
+        if v.payload_valid and scanner.account_name is not None:
+            account = scanner.account_name(int(v.payload, 16))
+        out.append({"detected": v.detected, "p_value": v.p_value, "payload": v.payload,
+                    "account": account, "key_label": v.key_label, "checked": True})
     return out
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api.scan import VERDICTS
+from ddpm_guard.api.scan import VERDICTS
 
 Verdict = Literal[VERDICTS]  # the scan's own list: one place says which verdicts exist
 

@@ -15,12 +15,12 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from generator.errors import GuardError
-from api.batching import Batcher
-from api.deps import RateLimiter
-from api.runtime import Runtime, key_files, open_runtime, prepare_home
-from api.scan import scan_items
-from api.settings import Settings, load_settings
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.api.batching import Batcher
+from ddpm_guard.api.deps import RateLimiter
+from ddpm_guard.api.runtime import Runtime, key_files, open_runtime, prepare_home
+from ddpm_guard.api.scan import scan_items
+from ddpm_guard.api.settings import Settings, load_settings
 
 log = logging.getLogger("ddpm_guard.service")
 
@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     async def guard_error(_request: Request, exc: GuardError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    from api.routes import apps, audit, generate, health, scan
+    from ddpm_guard.api.routes import apps, audit, generate, health, scan
 
     app.include_router(health.router)
     app.include_router(scan.router)
@@ -132,9 +132,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 def _audit_worker(rt: Runtime):
     """The audit worker: the default checks, and the deep spec with the service's key ring for
     jobs that ask for the watermark check. Keys go to it as file paths, like to a Ray actor."""
-    from api.audit_jobs import AuditWorker
-    from api.store import AuditJobs
-    from api.usecases import audit_spec
+    from ddpm_guard.api.audit_jobs import AuditWorker
+    from ddpm_guard.api.store import AuditJobs
+    from ddpm_guard.api.usecases import audit_spec
 
     s, anchors = rt.settings, rt.scanner.trust_anchors
     ring = tuple(str(p) for p in key_files(s.keys_dir))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from generator.errors import GuardError
+from ddpm_guard.generator.errors import GuardError
 
 ENV_PREFIX = "DDPM_GUARD_"
 

@@ -18,7 +18,7 @@ from sqlalchemy import ForeignKey, String, create_engine, event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from generator.errors import GuardError
+from ddpm_guard.generator.errors import GuardError
 
 KEY_PREFIX = "dg"
 MAX_ACCOUNT_ID = 2**32 - 1  # the account id is the watermark's 32-bit payload

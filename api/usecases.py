@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from api import apps
-from api.runtime import SERVICE_KEY_LABEL
-from generator.errors import GuardError
+from ddpm_guard.api import apps
+from ddpm_guard.api.runtime import SERVICE_KEY_LABEL
+from ddpm_guard.generator.errors import GuardError
 
 PRECISION = "auto"  # the service's: bf16 where the hardware runs it natively: 2.4x, watermark unchanged (BENCHMARKS.md)
 
@@ -32,7 +32,7 @@ def prompt_label(prompt: str | None, label: int | None, *, prefix: str = "--") -
         return label
     if label is not None:
         raise GuardError(f"give {prefix}prompt or {prefix}label, not both")
-    from generator.text import load_prompt_model
+    from ddpm_guard.generator.text import load_prompt_model
 
     return load_prompt_model().label_for(prompt)
 
@@ -53,7 +53,7 @@ def sampling(*, fast: bool = False, checkpoint: str | None = None, sampler: str 
     guidance (a checkpoint, sampler or steps given with it are refused); otherwise `loaded` (model, schedule) or the
     checkpoint, DDIM, and the default guidance scale. `fast_config`: a loader of the Fast record (the service keeps
     one loaded); `prefix` names the options in messages ("--" on the command line, "" for the service's fields)."""
-    from generator.pipeline import DEFAULT_GUIDANCE
+    from ddpm_guard.generator.pipeline import DEFAULT_GUIDANCE
 
     if fast:
         given = [n for n, v in (("checkpoint", checkpoint), ("sampler", sampler), ("steps", steps)) if v is not None]
@@ -61,11 +61,11 @@ def sampling(*, fast: bool = False, checkpoint: str | None = None, sampler: str 
             raise GuardError(f"{prefix}fast picks its own steps, sampler and model; drop "
                              + ", ".join(prefix + n for n in given))
         if fast_config is None:
-            from generator.checkpoint import load_fast as fast_config
+            from ddpm_guard.generator.checkpoint import load_fast as fast_config
         f = fast_config()
         return Sampling(f.model, f.schedule, f.sampler, f.steps, f.guidance if guidance is None else guidance)
     if loaded is None:
-        from generator.checkpoint import load_model
+        from ddpm_guard.generator.checkpoint import load_model
 
         model, schedule, _ = load_model(checkpoint)
     else:
@@ -82,18 +82,18 @@ def generate_images(s: Sampling, n: int, *, key=None, payload: int = 0, guided_m
     if key is None:
         if guided_mark:
             raise GuardError("the guided mark needs a watermark key")
-        from generator.pipeline import generate
+        from ddpm_guard.generator.pipeline import generate
 
         return generate(s.model, s.schedule, n, **kw)
-    from watermark.embed import generate_watermarked
+    from ddpm_guard.watermark.marking import MarkSpec, generate_marked
 
-    return generate_watermarked(s.model, s.schedule, key, payload, n, guided=guided_mark, decoder=decoder, **kw)
+    return generate_marked(s.model, s.schedule, key, payload, n, MarkSpec.of(guided_mark, decoder), **kw)
 
 
 def sign(png: bytes, signer, *, title: str, assertion: dict, edit: bool = False) -> bytes:
     """The PNG with the IPTC XMP source type and a signed C2PA manifest: made from nothing, or with `edit` an AI
     edit of an input ("composite with trained algorithmic media")."""
-    from provenance.c2pa import COMPOSITE_TRAINED, TRAINED_ALGORITHMIC_MEDIA, sign_png
+    from ddpm_guard.provenance.c2pa import COMPOSITE_TRAINED, TRAINED_ALGORITHMIC_MEDIA, sign_png
 
     return sign_png(png, signer, title=title, assertion=assertion,
                     source_type=COMPOSITE_TRAINED if edit else TRAINED_ALGORITHMIC_MEDIA)
@@ -101,7 +101,7 @@ def sign(png: bytes, signer, *, title: str, assertion: dict, edit: bool = False)
 
 def sign_files(paths: list[Path], signer, assertion: dict) -> None:
     """Rewrite PNG files in place, signed (atomic writes)."""
-    from generator.fsutil import atomic_write_bytes
+    from ddpm_guard.generator.fsutil import atomic_write_bytes
 
     for p in paths:
         atomic_write_bytes(p, sign(Path(p).read_bytes(), signer, title=Path(p).name, assertion=assertion))
@@ -141,7 +141,7 @@ def generate_for_account(rt, account, n: int, *, label: int | None = None, steps
     """n watermarked, signed PNGs for an account: the watermark's payload is the account id, and the C2PA manifest
     names the account. `guided_mark` adds the guided mark toward the service's decoder. [{filename, png, label,
     payload, seed}]."""
-    from generator.image_io import encode_png
+    from ddpm_guard.generator.image_io import encode_png
 
     _service_marking(rt)
     if not 1 <= n <= rt.settings.max_generate:
@@ -167,7 +167,7 @@ def apply_for_account(rt, account, app: str, img: torch.Tensor, *, seed: int | N
                       steps: int | None = None, **kw) -> dict:
     """One application output for an account, marked like `generate_for_account` and signed as an AI edit of the
     upload. {filename, png, payload, seed, width, height}."""
-    from generator.image_io import encode_png
+    from ddpm_guard.generator.image_io import encode_png
 
     _service_marking(rt)
     steps = apps.DEFAULT_STEPS if steps is None else steps
@@ -193,7 +193,7 @@ def apply_for_account(rt, account, app: str, img: torch.Tensor, *, seed: int | N
 
 def audit_key_files(settings, extra: list[str] | tuple = (), *, ring: bool = False) -> list[str]:
     """The key files of an audit's deep watermark check: the home's key ring when `ring`, plus `extra`."""
-    from api.runtime import key_files
+    from ddpm_guard.api.runtime import key_files
 
     keys = [str(p) for p in key_files(settings.keys_dir)] if ring else []
     keys += list(extra)
@@ -207,20 +207,20 @@ def audit_spec(settings, *, key_files: list[str] | tuple = (), training: str | N
     """The audit's ScanSpec from the settings (detector, generator, alpha, decoder, the account database when there
     is one, the trust anchors unless given), the key files of the deep check and the memorization set. A wrong or
     open key, a decoder folder that is no calibrated decoder and an unknown data set fail here, not in a worker."""
-    from api.audit.engine import ScanSpec
-    from api.runtime import check_decoder
-    from watermark.keys import load_key
+    from ddpm_guard.api.audit.engine import ScanSpec
+    from ddpm_guard.api.runtime import check_decoder
+    from ddpm_guard.watermark.keys import load_key
 
     for k in key_files:
         load_key(k)
     if key_files:
         check_decoder(settings.watermark_decoder)
     if training:
-        from generator.data import load_dataset
+        from ddpm_guard.generator.data import load_dataset
 
         load_dataset(training, "train")
     if trust_anchors is None:
-        from provenance.c2pa import load_trust_anchors
+        from ddpm_guard.provenance.c2pa import load_trust_anchors
 
         trust_anchors = load_trust_anchors(settings.anchor_files())
     return ScanSpec(detector=settings.detector, checkpoint=settings.checkpoint, key_files=tuple(map(str, key_files)),

@@ -41,15 +41,15 @@ def main() -> None:
     if not (torch.cuda.is_available() or args.dry_run):
         raise SystemExit("no CUDA device")
 
-    from detector.predict import load_detector
-    from generator.checkpoint import default_device, load_model
-    from generator.classifier import load_classifier
-    from generator.data import load_dataset
-    from generator.image_io import quantize
-    from generator.pipeline import generate
-    from watermark.embed import generate_watermarked
-    from watermark.keys import WatermarkKey
-    from watermark.verify import verify_images
+    from ddpm_guard.detector.predict import load_detector
+    from ddpm_guard.generator.checkpoint import default_device, load_model
+    from ddpm_guard.generator.classifier import load_classifier
+    from ddpm_guard.generator.data import load_dataset
+    from ddpm_guard.generator.image_io import quantize
+    from ddpm_guard.generator.pipeline import generate
+    from ddpm_guard.watermark.marking import MarkSpec, generate_marked
+    from ddpm_guard.watermark.keys import WatermarkKey
+    from ddpm_guard.watermark.verify import verify_images
 
     cuda, cpu = torch.device("cpu" if args.dry_run else "cuda"), torch.device("cpu")
     sync = not args.dry_run
@@ -80,10 +80,9 @@ def main() -> None:
     # 2. watermarked on CUDA, verified on both devices (fast = guided decoder only; deep adds the inversion)
     key = WatermarkKey(bytes(range(32)))
     model, schedule = models["cuda"]
-    generate_watermarked(model, schedule, key, 0x1234ABCD, 4, seed=98, steps=5)  # warm-up
+    generate_marked(model, schedule, key, 0x1234ABCD, 4, seed=98, steps=5)  # warm-up
     (plain, _), t_plain = timed(lambda: generate(model, schedule, args.n_marked, seed=5, steps=50), True)
-    (wm, _), t_guided = timed(lambda: generate_watermarked(model, schedule, key, 0x1234ABCD, args.n_marked, seed=5,
-                                                           guided=True, steps=50), True)
+    (wm, _), t_guided = timed(lambda: generate_marked(model, schedule, key, 0x1234ABCD, args.n_marked, MarkSpec.of(guided=True), seed=5, steps=50), True)
     wm = quantize(wm)
     times["plain_sampling_cuda_s"], times["guided_sampling_cuda_s"] = t_plain, t_guided
     wrong = WatermarkKey(bytes(range(1, 33)))
@@ -94,10 +93,10 @@ def main() -> None:
             rows, dt = timed(lambda: verify_images(wm, {"k": key}, m, s, guided=True, deep=deep), dev == "cuda")
             times[f"verify_{'deep' if deep else 'fast'}_{dev}_s"] = dt
             ver[f"{dev}_{'deep' if deep else 'fast'}"] = {
-                "detected": sum(r["detected"] for r in rows), "payload_ok": sum(r["payload"] == "1234abcd" for r in rows),
-                "median_log10_p": float(np.median(np.log10([max(r["p_value"], 1e-300) for r in rows])))}
+                "detected": sum(r.detected for r in rows), "payload_ok": sum(r.payload == "1234abcd" for r in rows),
+                "median_log10_p": float(np.median(np.log10([max(r.p_value, 1e-300) for r in rows])))}
         rows = verify_images(wm, {"k": wrong}, m, s, guided=True, deep=True)
-        ver[f"{dev}_wrong_key_detected"] = sum(r["detected"] for r in rows)
+        ver[f"{dev}_wrong_key_detected"] = sum(r.detected for r in rows)
     report["watermark"] = {"n": args.n_marked, **ver}
 
     # 3. the detector on both devices: held-out digits and our samples

@@ -15,13 +15,15 @@
 # Then: device run, command `bash bench/gpu_check.sh`, carry [".whl"], timeout 570 s. Results land in $OUT.
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+# the code imports ddpm_guard.*: an editable install maps the repository's folders under that namespace
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, torchvision, numpy; print(torch.__version__, torchvision.__version__, numpy.__version__, torch.cuda.is_available(), torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())"
 echo "== 1. cross-device check"; date
 timeout 240 python3 bench/gpu_check.py --out $OUT/gpu_check.json > $OUT/gpu_check.log 2>&1; echo "rc=$?"; tail -5 $OUT/gpu_check.log
 echo "== 2. CLI on CUDA"; date
-D=/tmp/d; CLI="python3 -m api.cli"
+D=/tmp/d; CLI="python3 -m ddpm_guard.api.cli"
 (
 set -x
 timeout 60 $CLI sample --n 64 --fast --out $D/samples --seed 0 --json | tail -c 300

@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from generator.config import DiffusionConfig
-from generator.samplers import ddim_step, guided_eps, timesteps_for
-from generator.schedule import NoiseSchedule
+from ddpm_guard.generator.config import DiffusionConfig
+from ddpm_guard.generator.samplers import ddim_step, guided_eps, timesteps_for
+from ddpm_guard.generator.schedule import NoiseSchedule
 
 from speed import ours  # bench/speed.py: the same architecture as the diffusers comparison
 

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from generator.config import DiffusionConfig, UNetConfig
-from generator.samplers import autocast_for, sample
-from generator.schedule import NoiseSchedule
-from generator.unet import UNet
+from ddpm_guard.generator.config import DiffusionConfig, UNetConfig
+from ddpm_guard.generator.samplers import autocast_for, sample
+from ddpm_guard.generator.schedule import NoiseSchedule
+from ddpm_guard.generator.unet import UNet
 
 
 def ours() -> torch.nn.Module:

@@ -13,11 +13,11 @@ import json
 
 import torch
 
-from generator.checkpoint import load_model
-from generator.classifier import predict
-from generator.evaluate import feature_metrics, heldout_reference
-from generator.image_io import quantize
-from generator.pipeline import generate
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.classifier import predict
+from ddpm_guard.generator.evaluate import feature_metrics, heldout_reference
+from ddpm_guard.generator.image_io import quantize
+from ddpm_guard.generator.pipeline import generate
 
 
 def main() -> None:

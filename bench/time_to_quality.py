@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator.checkpoint import load_model, save_json
-from generator.classifier import predict
-from generator.evaluate import feature_metrics, heldout_reference
-from generator.image_io import quantize
-from generator.pipeline import DEFAULT_GUIDANCE, spread_labels
-from generator.samplers import autocast_for, guided_eps, resolve_precision, sample
+from ddpm_guard.generator.checkpoint import load_model, save_json
+from ddpm_guard.generator.classifier import predict
+from ddpm_guard.generator.evaluate import feature_metrics, heldout_reference
+from ddpm_guard.generator.image_io import quantize
+from ddpm_guard.generator.pipeline import DEFAULT_GUIDANCE, spread_labels
+from ddpm_guard.generator.samplers import autocast_for, guided_eps, resolve_precision, sample
 
 DIFFUSERS = {  # name -> (class name, kwargs, step kwargs): each scheduler's recommended multistep setting
     # DDIM clips x0 like ours and, like ours, re-derives eps from the clipped x0 (without it, guided

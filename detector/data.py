@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generator.data import load_dataset
-from generator.image_io import quantize
-from generator.perturb import background_noise, gaussian_blur, gaussian_noise, jpeg, resize_and_back, tidy
-from generator.pipeline import generate
-from generator.samplers import denoise_from
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.image_io import quantize
+from ddpm_guard.generator.perturb import background_noise, gaussian_blur, gaussian_noise, jpeg, resize_and_back, tidy
+from ddpm_guard.generator.pipeline import generate
+from ddpm_guard.generator.samplers import denoise_from
 
 DETECTOR_TRAIN_PER_DIGIT = 320  # of the 400 training digits; the other 80 calibrate
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator.checkpoint import load_tensors, save_tensors
-from detector.stats import coarse_statistics
+from ddpm_guard.generator.checkpoint import load_tensors, save_tensors
+from ddpm_guard.detector.stats import coarse_statistics
 
 PCA_COMPONENTS = 50  # digits live on a low-dimensional set: 50 components hold ~80 % of their variance
 DOMAIN_QUANTILE = 0.9975  # per component, to put the components on one scale

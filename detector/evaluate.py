@@ -25,11 +25,11 @@ import torch
 from PIL import Image, ImageDraw
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from generator.image_io import decode_image, fit_to, quantize, read_bytes, to_tensor
-from generator.perturb import background_noise, gaussian_blur, gaussian_noise, jpeg, resize_and_back, tidy
-from detector.data import HELDOUT_SOURCES, TRAIN_SOURCES, fake_sets, real_split
-from detector.predict import Detector
-from detector.sources import Family, check_shape, family_fakes
+from ddpm_guard.generator.image_io import decode_image, fit_to, quantize, read_bytes, to_tensor
+from ddpm_guard.generator.perturb import background_noise, gaussian_blur, gaussian_noise, jpeg, resize_and_back, tidy
+from ddpm_guard.detector.data import HELDOUT_SOURCES, TRAIN_SOURCES, fake_sets, real_split
+from ddpm_guard.detector.predict import Detector
+from ddpm_guard.detector.sources import Family, check_shape, family_fakes
 
 TIDY_LEVEL, BACKGROUND_AMPLITUDE = 20, 4  # the shortcut test (8-bit levels): fakes <= 20 -> 0; reals' background +|N(0, 4)|
 N_EVAL_PER_SOURCE = 150  # bundled DDPM: 11 sampler settings x 150; other DDPMs: 5 x 150; VAE/GAN: 600
@@ -84,7 +84,7 @@ def metrics(p_real: np.ndarray, p_fake: np.ndarray,
 def eval_fakes(family: Family, n: int, seed: int, real: torch.Tensor, cache: Path | None, log=None) -> dict:
     """{source: fakes} with fresh seeds; the bundled DDPM adds the sampler settings it never trained on."""
     if family.kind == "ddpm" and family.path is None:
-        from generator.checkpoint import load_model
+        from ddpm_guard.generator.checkpoint import load_model
 
         model, schedule, _ = load_model(None)
         return fake_sets(model, schedule, TRAIN_SOURCES + HELDOUT_SOURCES, n, seed, real, cache, log)

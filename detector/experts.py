@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator.checkpoint import load_tensors, save_tensors
-from detector.calibrate import Platt
-from detector.stats import STROKE_LEVEL
+from ddpm_guard.generator.checkpoint import load_tensors, save_tensors
+from ddpm_guard.detector.calibrate import Platt
+from ddpm_guard.detector.stats import STROKE_LEVEL
 
 EXPERTS_FILE = "experts.safetensors"
 N_EXTRA = 64 + 20  # features beyond the stroke statistics: 8x8 DCT magnitudes, radial spectrum

@@ -11,8 +11,8 @@ not diffusion models at all, so their traces differ from a DDPM's:
 
 Both train in a few minutes on one CPU core and save as safetensors + config.json:
 
-    python -m detector.families --kind vae --out detector/weights/families/vae --seed 0
-    python -m detector.families --kind gan --out detector/weights/families/gan --seed 0
+    ddpm-guard weights family --kind vae --out detector/weights/families/vae --seed 0
+    ddpm-guard weights family --kind gan --out detector/weights/families/gan --seed 0
 
 Second DDPMs (another architecture and schedule) are ordinary `ddpm-guard train` runs; `load_family`
 reads either kind, so `detector train --fake-generator DIR` takes any of them.
@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generator.checkpoint import default_device, load_tensors, read_config, save_json, save_tensors
-from generator.data import load_dataset
-from generator.errors import GuardError
-from generator.image_io import quantize
+from ddpm_guard.generator.checkpoint import default_device, load_tensors, read_config, save_json, save_tensors
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import quantize
 
 FAMILY_FORMAT = "ddpm-guard/family-v1"
 KINDS = ("vae", "gan")

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generator.perturb import tidy
-from detector.stats import N_STATS, branch_statistics
+from ddpm_guard.generator.perturb import tidy
+from ddpm_guard.detector.stats import N_STATS, branch_statistics
 
 INPUTS = ("raw", "npr", "both")
 

@@ -12,15 +12,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from generator.checkpoint import default_device, load_tensors, read_config, save_json, save_tensors
-from generator.errors import GuardError
-from generator.image_io import decode_image, expand_paths, fit_to, read_bytes, to_tensor
-from generator.microbatch import in_fixed_batches
-from detector.calibrate import EditRouter, Fusion, Platt
-from detector.domain import DomainRules, DomainScore, verdict
-from detector.experts import EditExpert, expert_features
-from detector.model import DetectorConfig, DetectorNet
-from detector.stats import N_STATS
+from ddpm_guard.generator.checkpoint import default_device, load_tensors, read_config, save_json, save_tensors
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import decode_image, expand_paths, fit_to, read_bytes, to_tensor
+from ddpm_guard.generator.microbatch import in_fixed_batches
+from ddpm_guard.detector.calibrate import EditRouter, Fusion, Platt
+from ddpm_guard.detector.domain import DomainRules, DomainScore, verdict
+from ddpm_guard.detector.experts import EditExpert, expert_features
+from ddpm_guard.detector.model import DetectorConfig, DetectorNet
+from ddpm_guard.detector.stats import N_STATS
 
 DETECTOR_FORMAT = "ddpm-guard/detector-v1"
 BUNDLED_DETECTOR = Path(__file__).parent / "weights" / "default"
@@ -86,7 +86,7 @@ class Detector:
 
     def generator(self):
         if self._generator is None:
-            from generator.checkpoint import load_model
+            from ddpm_guard.generator.checkpoint import load_model
 
             model, schedule, _ = load_model(self.meta.get("generator"), device=next(self.net.parameters()).device)
             self._generator = (model, schedule)
@@ -125,7 +125,7 @@ class Detector:
         if zero_shot:
             if self.fusion is None:
                 raise GuardError("this detector has no zero-shot fusion; retrain it with the zero-shot score")
-            from detector.zeroshot import dire_scores
+            from ddpm_guard.detector.zeroshot import dire_scores
 
             model, schedule = self.generator()
             dire = dire_scores(model, schedule, images)

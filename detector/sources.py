@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator.errors import GuardError
-from generator.image_io import fit_to, list_images, load_image, quantize
-from detector.data import TRAIN_SOURCES, FakeSource, cached_fakes, real_split
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import fit_to, list_images, load_image, quantize
+from ddpm_guard.detector.data import TRAIN_SOURCES, FakeSource, cached_fakes, real_split
 
 BUNDLED = "bundled"
 FOLDER_PREFIX = "folder:"
@@ -163,7 +163,7 @@ def family_fakes(family: Family, n_per_source: int, seed: int, real: torch.Tenso
         x = read_folder(family.path)
         return {"folder": x}
     if family.kind in ("vae", "gan"):
-        from detector.families import load_family, sample_family
+        from ddpm_guard.detector.families import load_family, sample_family
 
         n = SAMPLED_FACTOR * n_per_source  # one source: as many fakes as a DDPM family's sources together
         path = Path(cache) / f"{family.cache_tag}sample-n{n}-seed{seed}.npy" if cache else None
@@ -174,7 +174,7 @@ def family_fakes(family: Family, n_per_source: int, seed: int, real: torch.Tenso
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, ((x + 1) * 127.5).round().to(torch.uint8).numpy())
         return {"sample": x}
-    from generator.checkpoint import load_model
+    from ddpm_guard.generator.checkpoint import load_model
 
     model, schedule, _ = load_model(family.path)
     model.is_bundled = family.path is None

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from generator.perturb import median_filter
+from ddpm_guard.generator.perturb import median_filter
 
 STROKE_LEVEL = 32  # 8-bit levels: a pixel above this is part of the stroke
 CORE_LEVEL = 200  # a pixel whose 3x3 mean is above this is in a stroke's core

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generator.checkpoint import default_device
-from detector.calibrate import EditRouter, Fusion, Platt, threshold_at_fpr
-from detector.data import CALIBRATION_PERTURBATIONS, augment, perturb_for_calibration
-from detector.domain import DomainScore
-from detector.experts import EditExpert, expert_features
-from detector.model import DetectorConfig, DetectorNet
-from detector.predict import Detector
-from detector.sources import Family, check_shape, family_fakes, real_images, split_sources
+from ddpm_guard.generator.checkpoint import default_device
+from ddpm_guard.detector.calibrate import EditRouter, Fusion, Platt, threshold_at_fpr
+from ddpm_guard.detector.data import CALIBRATION_PERTURBATIONS, augment, perturb_for_calibration
+from ddpm_guard.detector.domain import DomainScore
+from ddpm_guard.detector.experts import EditExpert, expert_features
+from ddpm_guard.detector.model import DetectorConfig, DetectorNet
+from ddpm_guard.detector.predict import Detector
+from ddpm_guard.detector.sources import Family, check_shape, family_fakes, real_images, split_sources
 
 FAKE_CACHE = Path("runs/detector/fakes")
 TARGET_FPR = 0.01  # the decision threshold flags at most this fraction of calibration reals, per benign edit
@@ -122,7 +122,7 @@ def calibrate(net: DetectorNet, real: torch.Tensor, fake: torch.Tensor, *, zero_
                                 p_fake)
     fusion = fusion_threshold = None
     if zero_shot:
-        from detector.zeroshot import dire_scores
+        from ddpm_guard.detector.zeroshot import dire_scores
 
         model, schedule = generator
         if log:
@@ -211,7 +211,7 @@ def fit_domain(det: Detector, real_tr: torch.Tensor, fake_tr: torch.Tensor, real
 def leave_one_out(cfg: DetectorConfig, real_tr, real_cal, fam_tr: dict, fam_cal: dict, *, epochs: int, seed: int,
                   aug_p: float = AUG_P, stay_positive: bool = False, log=None, only: list[str] | None = None) -> dict:
     """For each family: train without it, calibrate on the others, score it (never seen) against the reals."""
-    from detector.evaluate import edit_pair, metrics
+    from ddpm_guard.detector.evaluate import edit_pair, metrics
 
     report = {}
     for held in only or list(fam_tr):
@@ -260,7 +260,7 @@ def fit_detector(cfg: DetectorConfig = DetectorConfig(), *, families: list[Famil
     net = train_net(cfg, real_tr, fam_tr, epochs=epochs, seed=seed, aug_p=aug_p, stay_positive=stay_positive, log=log)
     generator = None
     if zero_shot:
-        from generator.checkpoint import load_model
+        from ddpm_guard.generator.checkpoint import load_model
 
         generator = load_model(None)[:2]
     det = fit_calibration(net, real_tr, torch.cat(list(fam_tr.values())), real_cal, torch.cat(list(fam_cal.values())),

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from generator.image_io import fit_to
-from generator.samplers import ddim_invert, sample
+from ddpm_guard.generator.image_io import fit_to
+from ddpm_guard.generator.samplers import ddim_invert, sample
 
 DIRE_STEPS = 10  # inversion steps and as many sampling steps: 2 x 10 generator passes per image
 

@@ -26,7 +26,7 @@ def _commands(parser: argparse.ArgumentParser, prefix: str):
 
 def render() -> str:
     os.environ["COLUMNS"] = WIDTH
-    from api.cli import build_parser
+    from ddpm_guard.api.cli import build_parser
 
     parts = ["# ddpm-guard command reference", "",
              "Generated from the parser by `python docs/cli_reference.py`; `make test` fails when this page is stale.", ""]

@@ -3,6 +3,6 @@
 This package imports no sibling package (see ARCHITECTURE.md in the project docs).
 """
 
-from generator.errors import GuardError
+from ddpm_guard.generator.errors import GuardError
 
 __all__ = ["GuardError"]

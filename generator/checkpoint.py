@@ -19,11 +19,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from generator.config import DiffusionConfig, UNetConfig, config_from_dict, config_to_dict
-from generator.errors import GuardError
-from generator.fsutil import atomic_write, atomic_write_bytes
-from generator.schedule import NoiseSchedule
-from generator.unet import UNet, VPrediction
+from ddpm_guard.generator.config import DiffusionConfig, UNetConfig, config_from_dict, config_to_dict
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.fsutil import atomic_write, atomic_write_bytes
+from ddpm_guard.generator.schedule import NoiseSchedule
+from ddpm_guard.generator.unet import UNet, VPrediction
 
 FORMAT = "ddpm-guard/unet-v1"
 CONFIG_NAME, WEIGHTS_NAME, STATE_NAME = "config.json", "model.safetensors", "train_state.safetensors"

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generator.checkpoint import load_tensors, read_config, save_json, save_tensors
-from generator.errors import GuardError
-from generator.train import fit_supervised
+from ddpm_guard.generator.checkpoint import load_tensors, read_config, save_json, save_tensors
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.train import fit_supervised
 
 CLASSIFIER_FORMAT = "ddpm-guard/digit-classifier-v1"
 BUNDLED_CLASSIFIER = Path(__file__).parent / "weights" / "digit_classifier"
@@ -98,7 +98,7 @@ def predict(net: DigitNet, images: torch.Tensor, batch_size: int = 512) -> tuple
 def rebuild_classifier(out: str | Path = BUNDLED_CLASSIFIER, log=None) -> float:
     """Train the bundled digit classifier again (mnist5k train, 15 epochs, seed 0) into `out`; returns its
     held-out accuracy."""
-    from generator.data import load_dataset
+    from ddpm_guard.generator.data import load_dataset
 
     tr, held = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "heldout")
     net = train_classifier(tr.images, tr.labels, log=log or (lambda s: None))

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from generator.errors import GuardError
-from generator.image_io import fit_to, list_images, load_image
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import fit_to, list_images, load_image
 
 MNIST_TRAIN_PER_DIGIT = 400
 SPLITS = ("train", "heldout", "all")

@@ -14,7 +14,7 @@ would divide by alpha_T = 0.006) and takes the CFG scale w as an input, so it ne
 per step where the teacher needs two. Rounds chain: the student of one round is the teacher of the
 next (32 -> 8 -> 4 -> 2).
 
-    python -m generator.distill --teacher generator/weights/mnist5k --steps 8 --teacher-steps 32 --out runs/student8
+    ddpm-guard weights distill --teacher generator/weights/mnist5k --steps 8 --teacher-steps 32 --out runs/student8
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from generator.checkpoint import default_device, load_model, save_model
-from generator.config import config_to_dict
-from generator.data import load_dataset
-from generator.samplers import autocast_for, ddim_step, guided_eps, timesteps_for
-from generator.schedule import NoiseSchedule
-from generator.train import EMA
-from generator.unet import UNet, VPrediction
+from ddpm_guard.generator.checkpoint import default_device, load_model, save_model
+from ddpm_guard.generator.config import config_to_dict
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.samplers import autocast_for, ddim_step, guided_eps, timesteps_for
+from ddpm_guard.generator.schedule import NoiseSchedule
+from ddpm_guard.generator.train import EMA
+from ddpm_guard.generator.unet import UNet, VPrediction
 
 
 @dataclass
@@ -165,11 +165,11 @@ def consistency_loss(student: VPrediction, target: VPrediction, teacher: nn.Modu
 
 def fid_of(model: nn.Module, schedule: NoiseSchedule, steps: int, guidance: float, n: int, seed: int = 0) -> dict:
     """Monitoring: FID and class accuracy of n DDIM samples against the held-out digits."""
-    from generator.classifier import predict
-    from generator.evaluate import heldout_reference
-    from generator.image_io import quantize
-    from generator.metrics import fid
-    from generator.pipeline import generate
+    from ddpm_guard.generator.classifier import predict
+    from ddpm_guard.generator.evaluate import heldout_reference
+    from ddpm_guard.generator.image_io import quantize
+    from ddpm_guard.generator.metrics import fid
+    from ddpm_guard.generator.pipeline import generate
 
     net, real_f = heldout_reference()
     x, y = generate(model, schedule, n, guidance=guidance, steps=steps, seed=seed, precision="bf16")

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator.classifier import load_classifier, predict
-from generator.data import load_dataset
-from generator.image_io import make_grid, quantize, save_image
-from generator.metrics import MEMORIZATION_RATIO, fid, kid, memorization, precision_recall
-from generator.pipeline import DEFAULT_GUIDANCE, generate
+from ddpm_guard.generator.classifier import load_classifier, predict
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.image_io import make_grid, quantize, save_image
+from ddpm_guard.generator.metrics import MEMORIZATION_RATIO, fid, kid, memorization, precision_recall
+from ddpm_guard.generator.pipeline import DEFAULT_GUIDANCE, generate
 
 
 def feature_metrics(fake_feats: np.ndarray, real_feats: np.ndarray) -> dict[str, float]:

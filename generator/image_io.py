@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
-from generator.errors import GuardError
-from generator.fsutil import atomic_write_bytes
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.fsutil import atomic_write_bytes
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 MAX_BYTES = 20 * 1024 * 1024  # 20 MiB of encoded bytes

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from generator.image_io import decode_image, encode_jpeg, to_tensor
+from ddpm_guard.generator.image_io import decode_image, encode_jpeg, to_tensor
 
 def _to01(x: torch.Tensor) -> torch.Tensor:
     return (x + 1) / 2

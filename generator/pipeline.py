@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from generator.errors import GuardError
-from generator.image_io import make_grid, save_image
-from generator.samplers import sample
-from generator.schedule import NoiseSchedule
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import make_grid, save_image
+from ddpm_guard.generator.samplers import sample
+from ddpm_guard.generator.schedule import NoiseSchedule
 
 DEFAULT_GUIDANCE = 1.5  # CFG scale (1 = plain conditional): the smallest swept scale whose class accuracy clears 0.97 with margin (BENCHMARKS.md)
 

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from generator.errors import GuardError
-from generator.samplers import autocast_for, guided_eps, randn, timesteps_for
-from generator.schedule import NoiseSchedule
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.samplers import autocast_for, guided_eps, randn, timesteps_for
+from ddpm_guard.generator.schedule import NoiseSchedule
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's convert("L") computes
 SCALES = (2, 4)  # super-resolution factors offered to users

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from generator.errors import GuardError
-from generator.schedule import NoiseSchedule
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.schedule import NoiseSchedule
 
 SAMPLERS = ("ddim", "ddpm", "dpmpp2m", "unipc")
 

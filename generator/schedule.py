@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from generator.config import DiffusionConfig
+from ddpm_guard.generator.config import DiffusionConfig
 
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:

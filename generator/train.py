@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generator.checkpoint import (CONFIG_NAME, STATE_NAME, default_device, load_tensors, read_config,
+from ddpm_guard.generator.checkpoint import (CONFIG_NAME, STATE_NAME, default_device, load_tensors, read_config,
                                   save_model, save_tensors)
-from generator.config import DiffusionConfig, TrainConfig, UNetConfig, config_from_dict, config_to_dict
-from generator.data import Dataset
-from generator.errors import GuardError
-from generator.samplers import autocast_for
-from generator.schedule import NoiseSchedule
-from generator.unet import UNet
+from ddpm_guard.generator.config import DiffusionConfig, TrainConfig, UNetConfig, config_from_dict, config_to_dict
+from ddpm_guard.generator.data import Dataset
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.samplers import autocast_for
+from ddpm_guard.generator.schedule import NoiseSchedule
+from ddpm_guard.generator.unet import UNet
 
 
 def fit_supervised(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, *,
@@ -223,7 +223,7 @@ def train_run(out_dir: str | Path, unet: UNetConfig | None = None, diffusion: Di
               max_minutes: float | None = None) -> dict[str, float]:
     """Train a new run in `out_dir` (refused if it already holds one), or with `resume` continue the one there
     exactly where it stopped; the data set is the run's own. Returns the last logged metrics."""
-    from generator.data import load_dataset
+    from ddpm_guard.generator.data import load_dataset
 
     if resume:
         trainer = Trainer.resume(out_dir, max_steps=max_steps, max_minutes=max_minutes)

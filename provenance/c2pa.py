@@ -27,9 +27,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generator.errors import GuardError
-from generator.fsutil import atomic_write_bytes
-from generator.image_io import sniff_format
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.fsutil import atomic_write_bytes
+from ddpm_guard.generator.image_io import sniff_format
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 # an image a model has edited (inpainted, restored, colorized): the IPTC term for "real content with AI parts"

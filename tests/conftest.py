@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from generator.config import DiffusionConfig, TrainConfig, UNetConfig
-from generator.data import load_dataset
-from generator.schedule import NoiseSchedule
-from generator.train import Trainer
+from ddpm_guard.generator.config import DiffusionConfig, TrainConfig, UNetConfig
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.schedule import NoiseSchedule
+from ddpm_guard.generator.train import Trainer
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

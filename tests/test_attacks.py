@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from generator.perturb import (brightness, gaussian_blur, gaussian_noise, jpeg, median_filter, random_brightness,
+from ddpm_guard.generator.perturb import (brightness, gaussian_blur, gaussian_noise, jpeg, median_filter, random_brightness,
                                random_resized_crop, resize_and_back, rotate)
-from watermark.attacks import ATTACKS, TREE_RING_SIX
+from ddpm_guard.watermark.attacks import ATTACKS, TREE_RING_SIX
 
 
 def square():

@@ -16,22 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from api.audit import run_audit
-from api.audit.engine import ScanSpec
-from api.audit.report import duplicate_groups
-from generator.checkpoint import load_model
-from generator.data import load_dataset
-from generator.errors import GuardError
-from generator.image_io import save_image
-from generator.pipeline import generate
+from ddpm_guard.api.audit import run_audit
+from ddpm_guard.api.audit.engine import ScanSpec
+from ddpm_guard.api.audit.report import duplicate_groups
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import save_image
+from ddpm_guard.generator.pipeline import generate
 
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
     """real/ (8 held-out digits), gen/nested/ (6 samples), wm/ (3 watermarked samples under a test key),
     a corrupt PNG, a text file, and an exact copy of one real digit."""
-    from watermark.embed import generate_watermarked
-    from watermark.keys import HEADER, load_key
+    from ddpm_guard.watermark.marking import generate_marked
+    from ddpm_guard.watermark.keys import HEADER, load_key
 
     root = tmp_path_factory.mktemp("mixed")
     d = root / "data"
@@ -46,7 +46,7 @@ def mixed(tmp_path_factory):
     kf.write_text(f"{HEADER}\n{'5a' * 32}\n")
     kf.chmod(0o600)
     key = load_key(kf)
-    w, _ = generate_watermarked(model, schedule, key, 7, 3, seed=1)
+    w, _ = generate_marked(model, schedule, key, 7, 3, seed=1)
     for i, im in enumerate(w):
         save_image(im, d / "wm" / f"w{i}.png")
     (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
@@ -141,7 +141,7 @@ def test_duplicate_groups_are_transitive_and_exclude_singletons():
 
 
 def _cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "api.cli", "audit", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "ddpm_guard.api.cli", "audit", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 

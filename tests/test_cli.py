@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-from generator.checkpoint import BUNDLED
-from generator.image_io import load_image
+from ddpm_guard.generator.checkpoint import BUNDLED
+from ddpm_guard.generator.image_io import load_image
 
 
 def run(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "ddpm_guard.api.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.skipif(not (BUNDLED / "model.safetensors").exists(), reason="bundled model not trained yet")
@@ -71,9 +71,9 @@ def app_files(tmp_path_factory):
     import numpy as np
     from PIL import Image
 
-    from generator.data import load_dataset
-    from generator.image_io import save_image
-    from generator.restore import downsample
+    from ddpm_guard.generator.data import load_dataset
+    from ddpm_guard.generator.image_io import save_image
+    from ddpm_guard.generator.restore import downsample
 
     d = tmp_path_factory.mktemp("app_files")
     x = load_dataset("mnist5k", "heldout").images[5]
@@ -142,7 +142,7 @@ def test_colorize_with_the_bundled_colour_model_keeps_the_grey_levels(tmp_path):
 def test_sample_fast_runs_the_bundled_student_and_refuses_conflicting_flags(tmp_path):
     import json
 
-    from generator.checkpoint import FAST
+    from ddpm_guard.generator.checkpoint import FAST
 
     rec = json.loads(FAST.read_text())
     a = run("sample", "--fast", "--n", "10", "--out", str(tmp_path / "a"), "--seed", "5", "--json")
@@ -180,7 +180,7 @@ def test_demo_creates_its_output_folder(tmp_path):
 
 
 def test_a_student_checkpoint_samples_on_its_own_grid_by_default(tmp_path):
-    from generator.checkpoint import BUNDLED
+    from ddpm_guard.generator.checkpoint import BUNDLED
 
     student = BUNDLED.parent / "mnist5k-student4"
     a = run("sample", "--checkpoint", str(student), "--n", "3", "--seed", "2", "--out", str(tmp_path / "a"))
@@ -197,9 +197,9 @@ def test_a_private_decoder_marks_and_reads_its_own_marks(tmp_path):
 
     import torch
 
-    from generator.checkpoint import load_model
-    from watermark.decoder import MessageDecoder, load_decoder, save_decoder
-    from watermark.guided import calibrate
+    from ddpm_guard.generator.checkpoint import load_model
+    from ddpm_guard.watermark.guided.nets import load_decoder, MessageDecoder, save_decoder
+    from ddpm_guard.watermark.guided.calibrate import calibrate
 
     # a private decoder: the bundled network with its 72 outputs in a secret order, so its chips are not the
     # bundled decoder's
@@ -213,7 +213,7 @@ def test_a_private_decoder_marks_and_reads_its_own_marks(tmp_path):
     save_decoder(dec, private, {})
     model, schedule, _ = load_model(None)
     calibrate(str(dec), model, schedule, n_samples=16, n_marks=0, log=lambda s: None)
-    from watermark.keys import HEADER
+    from ddpm_guard.watermark.keys import HEADER
 
     (tmp_path / "k.key").write_text(f"{HEADER}\n{bytes(range(32)).hex()}\n")  # a fixed key: the test is seeded
     (tmp_path / "k.key").chmod(0o600)
@@ -242,15 +242,15 @@ def test_a_private_decoder_marks_and_reads_its_own_marks(tmp_path):
     r = run("sample", "--n", "1", "--out", str(tmp_path / "x"), "--decoder", str(dec))
     assert r.returncode == 2 and "--guided-mark" in r.stderr
     # the scan's reader (watermark.verify.verify_images) takes the decoder too; scan and audit refuse a bad folder
-    from generator.image_io import load_image
-    from watermark.keys import load_key
-    from watermark.verify import verify_images
+    from ddpm_guard.generator.image_io import load_image
+    from ddpm_guard.watermark.keys import load_key
+    from ddpm_guard.watermark.verify import verify_images
 
     x = torch.stack([load_image(f, mode="L") for f in files])  # in [-1, 1]
     ring = {"k": load_key(tmp_path / "k.key")}
     own, bundled = (verify_images(x, ring, model, schedule, guided=True, deep=False, decoder=d)
                     for d in (str(dec), None))
-    assert all(v["detected"] for v in own) and not any(v["detected"] for v in bundled)
+    assert all(v.detected for v in own) and not any(v.detected for v in bundled)
     for args in (["scan", "--key", str(tmp_path / "k.key"), "--watermark-decoder", str(tmp_path / "nothing"), *files],
                  ["audit", str(tmp_path / "m"), "--out", str(tmp_path / "rep"), "--key", str(tmp_path / "k.key"),
                   "--watermark", "--watermark-decoder", str(tmp_path / "nothing")]):
@@ -261,7 +261,7 @@ def test_a_private_decoder_marks_and_reads_its_own_marks(tmp_path):
 def test_a_guided_mark_the_decoder_cannot_read_is_refused(tmp_path):
     """`sample --guided-mark` with a model whose images the decoder does not read (the colour model) was a silent
     x_T-only mark; it is one message, exit 2, before any sampling."""
-    from generator.checkpoint import BUNDLED_COLOR
+    from ddpm_guard.generator.checkpoint import BUNDLED_COLOR
 
     assert run("keys", "new", "--out", str(tmp_path / "k.key")).returncode == 0
     r = run("sample", "--n", "1", "--out", str(tmp_path / "s"), "--checkpoint", str(BUNDLED_COLOR),
@@ -273,7 +273,7 @@ def test_a_guided_mark_the_decoder_cannot_read_is_refused(tmp_path):
 def test_watermark_eval_guided_on_a_model_the_decoder_cannot_read_is_refused(tmp_path):
     """`watermark eval --guided` with the colour model silently evaluated the x_T mark instead; it is one message,
     exit 2, before any sampling."""
-    from generator.checkpoint import BUNDLED_COLOR
+    from ddpm_guard.generator.checkpoint import BUNDLED_COLOR
 
     assert run("keys", "new", "--out", str(tmp_path / "k.key")).returncode == 0
     r = run("watermark", "eval", "--guided", "--key", str(tmp_path / "k.key"), "--checkpoint", str(BUNDLED_COLOR),

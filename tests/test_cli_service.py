@@ -16,7 +16,7 @@ def run(*args, home=None, timeout=600):
     env = dict(os.environ)
     if home is not None:
         env["DDPM_GUARD_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "ddpm_guard.api.cli", *args], capture_output=True, text=True, timeout=timeout,
                           env=env)
 
 

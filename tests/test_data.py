@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from generator.data import load_dataset
-from generator.errors import GuardError
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.errors import GuardError
 
 
 def test_mnist5k_split_is_fixed_per_digit():

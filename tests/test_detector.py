@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from generator.checkpoint import load_model
-from generator.image_io import save_image
-from generator.perturb import jpeg
-from detector.calibrate import Fusion, Platt, threshold_at_fpr
-from detector.data import FakeSource, augment, make_fakes, real_split
-from detector.model import DetectorConfig, DetectorNet, npr
-from detector.predict import BUNDLED_DETECTOR, detect_files, load_detector
-from detector.train import calibrate, train_net
-from detector.zeroshot import dire_scores
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.image_io import save_image
+from ddpm_guard.generator.perturb import jpeg
+from ddpm_guard.detector.calibrate import Fusion, Platt, threshold_at_fpr
+from ddpm_guard.detector.data import FakeSource, augment, make_fakes, real_split
+from ddpm_guard.detector.model import DetectorConfig, DetectorNet, npr
+from ddpm_guard.detector.predict import BUNDLED_DETECTOR, detect_files, load_detector
+from ddpm_guard.detector.train import calibrate, train_net
+from ddpm_guard.detector.zeroshot import dire_scores
 
 TINY = dict(layers=(1, 1, 1, 1), channels=(8, 8, 16, 16))  # narrow: the tests need shapes, not accuracy
 
@@ -33,7 +33,7 @@ def test_forward_at_1_and_3_channels(inp, stats, chans):
 
 
 def test_stroke_statistics_see_the_plateau_and_not_the_background():
-    from detector.stats import N_STATS, _EDGES, stroke_statistics
+    from ddpm_guard.detector.stats import N_STATS, _EDGES, stroke_statistics
 
     x = real_split("heldout")[:200]
     s = stroke_statistics(x)
@@ -148,7 +148,7 @@ def test_detect_separates_planted_fakes_and_survives_bad_files(planted_detector,
         save_image(img, tmp_path / "real" / f"r{i:02d}.png")
         save_image((img + chk).clamp(-1, 1), tmp_path / "fake" / f"f{i:02d}.png")
     (tmp_path / "fake" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    r = subprocess.run([sys.executable, "-m", "api.cli", "detect", "--json", "--detector", str(folder),
+    r = subprocess.run([sys.executable, "-m", "ddpm_guard.api.cli", "detect", "--json", "--detector", str(folder),
                         str(tmp_path / "real"), str(tmp_path / "fake"), str(tmp_path / "missing.png")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -169,7 +169,7 @@ def test_detect_separates_planted_fakes_and_survives_bad_files(planted_detector,
 def test_detect_without_detector_folder_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="no such checkpoint folder"):
         load_detector(tmp_path / "nope")
-    r = subprocess.run([sys.executable, "-m", "api.cli", "detect", "--detector", str(tmp_path / "nope"), "x.png"],
+    r = subprocess.run([sys.executable, "-m", "ddpm_guard.api.cli", "detect", "--detector", str(tmp_path / "nope"), "x.png"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
@@ -182,12 +182,12 @@ def test_commands_exit_2_when_nothing_could_be_read(command, tmp_path):
     bad.write_bytes(b"not a png")
     extra = []
     if command == "watermark verify":
-        subprocess.run([sys.executable, "-m", "api.cli", "keys", "new", "--out", str(tmp_path / "k.key")], check=True,
+        subprocess.run([sys.executable, "-m", "ddpm_guard.api.cli", "keys", "new", "--out", str(tmp_path / "k.key")], check=True,
                        capture_output=True)
         extra = ["--key", str(tmp_path / "k.key"), "--fast"]
     if command == "scan":
         extra = ["--home", str(tmp_path / "home"), "--no-watermark"]
-    cmd = [sys.executable, "-m", "api.cli", *command.split(), *extra, "--json"]
+    cmd = [sys.executable, "-m", "ddpm_guard.api.cli", *command.split(), *extra, "--json"]
     r = subprocess.run(cmd + [str(bad), str(tmp_path / "missing.png")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "could be read" in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]
     rows = [json.loads(line) for line in r.stdout.splitlines()]
@@ -208,7 +208,7 @@ def test_detect_files_reports_an_empty_folder(planted_detector, tmp_path):
 def test_bundled_detector_keeps_reals_below_its_threshold_and_flags_gan_digits():
     """The bundled detector's promise: real digits, clean or re-saved as JPEG, are rarely called synthetic
     (the threshold is calibrated on edited reals); GAN digits, a family it trained on, mostly are."""
-    from detector.families import load_family, sample_family
+    from ddpm_guard.detector.families import load_family, sample_family
 
     det = load_detector(device="cpu")
     real = real_split("heldout")
@@ -223,7 +223,7 @@ def test_bundled_detector_ranks_fresh_diffusion_digits_above_reals():
     to black, score above held-out real digits (v2, the CNN alone, ranked them at AUC 0.61)."""
     from sklearn.metrics import roc_auc_score
 
-    from generator.perturb import tidy
+    from ddpm_guard.generator.perturb import tidy
 
     model, schedule, _ = load_model(None, device="cpu")
     fake = tidy(make_fakes(model, schedule, FakeSource("ddim10-g1.5", steps=10, guidance=1.5), 100, seed=77), 32)
@@ -234,7 +234,7 @@ def test_bundled_detector_ranks_fresh_diffusion_digits_above_reals():
 
 
 def test_bundled_detector_flags_photos_and_text_out_of_domain(tmp_path):
-    from detector.evaluate import ood_sets
+    from ddpm_guard.detector.evaluate import ood_sets
 
     det = load_detector(device="cpu")
     sets = ood_sets(seed=3)
@@ -252,6 +252,6 @@ def test_bundled_detector_flags_photos_and_text_out_of_domain(tmp_path):
 def test_detector_train_refuses_an_unwritable_out_before_working(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    r = subprocess.run([sys.executable, "-m", "api.cli", "detector", "train", "--out", str(blocker / "sub")],
+    r = subprocess.run([sys.executable, "-m", "ddpm_guard.api.cli", "detector", "train", "--out", str(blocker / "sub")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "cannot create the output folder" in r.stderr and "Traceback" not in r.stderr

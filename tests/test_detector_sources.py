@@ -10,22 +10,22 @@ import pytest
 import torch
 from PIL import Image
 
-from generator.errors import GuardError
-from generator.image_io import save_image
-from generator.perturb import jpeg
-from detector.data import background_noise, perturb_for_calibration, real_split, tidy
-from detector.domain import DomainScore, verdict
-from detector.families import FamilyConfig, load_family, sample_family, save_family, train_family
-from detector.model import DetectorConfig
-from detector.sources import check_shape, family_fakes, folder_family, parse_generator, read_folder, real_images
-from detector.train import calibrate, fit_domain, train_net
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import save_image
+from ddpm_guard.generator.perturb import jpeg
+from ddpm_guard.detector.data import background_noise, perturb_for_calibration, real_split, tidy
+from ddpm_guard.detector.domain import DomainScore, verdict
+from ddpm_guard.detector.families import FamilyConfig, load_family, sample_family, save_family, train_family
+from ddpm_guard.detector.model import DetectorConfig
+from ddpm_guard.detector.sources import check_shape, family_fakes, folder_family, parse_generator, read_folder, real_images
+from ddpm_guard.detector.train import calibrate, fit_domain, train_net
 
 TINY = dict(layers=(1, 1, 1, 1), channels=(8, 8, 16, 16))
 CHK = ((torch.arange(28)[:, None] + torch.arange(28)[None]) % 2).float() * 0.5 - 0.25  # a planted generator trace
 
 
 def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "ddpm_guard.api.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("kind", ["vae", "gan"])
@@ -144,7 +144,7 @@ def test_threshold_calibrated_on_edited_reals_holds_on_jpeg_reals(planted):
 
 
 def test_edit_router_routes_by_statistics_and_sets_each_route_its_threshold():
-    from detector.calibrate import EditRouter, threshold_at_fpr
+    from ddpm_guard.detector.calibrate import EditRouter, threshold_at_fpr
 
     rng = np.random.default_rng(0)
     # two edits that the statistics tell apart; the second makes reals score high (as blur does)
@@ -168,7 +168,7 @@ def test_tree_ensemble_matches_sklearn_and_refuses_bad_arrays():
     a tree pointing outside its arrays is refused."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from detector.experts import TreeEnsemble
+    from ddpm_guard.detector.experts import TreeEnsemble
 
     rng = np.random.default_rng(0)
     x = rng.random((3000, 12))
@@ -189,7 +189,7 @@ def test_router_thresholds_hold_every_edit_when_files_are_misrouted():
     """Reals of one edit that the router sends to another route, where they score high, push that edit's false
     positives over the target with per-route thresholds alone; with the fakes given, the thresholds are raised
     until every edit holds it, at the lowest cost in fakes."""
-    from detector.calibrate import EditRouter
+    from ddpm_guard.detector.calibrate import EditRouter
 
     rng = np.random.default_rng(1)
     n = 800
@@ -218,9 +218,9 @@ def test_edit_expert_judges_edited_files_and_round_trips(planted, tmp_path):
     whose expert file is missing or reads features that do not exist is refused at load."""
     import shutil
 
-    from detector.predict import Detector, load_detector
-    from detector.experts import expert_features
-    from detector.train import expert_training_set
+    from ddpm_guard.detector.predict import Detector, load_detector
+    from ddpm_guard.detector.experts import expert_features
+    from ddpm_guard.detector.train import expert_training_set
 
     net, real_tr, fake_tr, cal_real, cal_fake = planted
     train = expert_training_set(Detector(net, calibrate(net, cal_real, cal_fake, route=False).platt, 0.5),
@@ -247,7 +247,7 @@ def test_edit_expert_judges_edited_files_and_round_trips(planted, tmp_path):
     with pytest.raises(GuardError):
         load_detector(broken, device="cpu")
     shutil.copytree(tmp_path / "det", broken, dirs_exist_ok=True)
-    from generator.checkpoint import load_tensors, save_tensors
+    from ddpm_guard.generator.checkpoint import load_tensors, save_tensors
 
     t, _ = load_tensors(broken / "experts.safetensors")
     t["edited.feature"] = t["edited.feature"] + 10_000
@@ -259,7 +259,7 @@ def test_edit_expert_judges_edited_files_and_round_trips(planted, tmp_path):
 def test_routed_detector_round_trips_and_holds_the_false_positive_rate_per_edit(planted, tmp_path):
     """The edit router is saved with the detector; each held-out real, under each benign edit, is judged at its
     route's threshold, and the share flagged stays near the calibrated 1 % (never 3 %)."""
-    from detector.predict import load_detector
+    from ddpm_guard.detector.predict import load_detector
 
     net, _, _, cal_real, cal_fake = planted
     det = calibrate(net, cal_real, cal_fake, seed=0)
@@ -280,8 +280,8 @@ def test_routed_detector_round_trips_and_holds_the_false_positive_rate_per_edit(
 
 
 def test_domain_score_flags_photos_and_text_not_digits(planted):
-    from detector.evaluate import ood_sets
-    from detector.predict import Detector
+    from ddpm_guard.detector.evaluate import ood_sets
+    from ddpm_guard.detector.predict import Detector
 
     net, real_tr, fake_tr, cal_real, cal_fake = planted
     det = calibrate(net, cal_real, cal_fake, perturbations=("clean",), seed=0)
@@ -302,10 +302,10 @@ def test_domain_score_reads_the_stroke_statistics_of_a_stats_network(planted, tm
     """With the statistics branch, the domain score gains a third component, which flags dark low-contrast
     photo-like crops (no stroke at digit levels) and not held-out real digits, clean or JPEG'd; the components
     together flag DOMAIN_FLAG_RATE of the calibration images. A score without it (older files) still works."""
-    from detector.domain import DOMAIN_FLAG_RATE
-    from detector.model import DetectorNet
-    from detector.predict import Detector
-    from detector.stats import N_STATS, coarse_statistics
+    from ddpm_guard.detector.domain import DOMAIN_FLAG_RATE
+    from ddpm_guard.detector.model import DetectorNet
+    from ddpm_guard.detector.predict import Detector
+    from ddpm_guard.detector.stats import N_STATS, coarse_statistics
 
     _, real_tr, fake_tr, cal_real, cal_fake = planted
     torch.manual_seed(0)
@@ -387,7 +387,7 @@ def test_train_and_eval_commands_on_folders(tmp_path):
 
 
 def test_background_floor_makes_the_score_blind_to_background_edits():
-    from detector.model import DetectorNet
+    from ddpm_guard.detector.model import DetectorNet
 
     torch.manual_seed(0)
     net = DetectorNet(DetectorConfig(input="raw", background_floor=32, **TINY)).eval()
@@ -406,7 +406,7 @@ def test_a_router_that_does_not_fit_the_statistics_is_refused_at_load(tmp_path):
     """A hand-edited or mismatched router fails when the detector loads, with one message, not while scoring."""
     import shutil
 
-    from detector.predict import BUNDLED_DETECTOR, load_detector
+    from ddpm_guard.detector.predict import BUNDLED_DETECTOR, load_detector
 
     shutil.copytree(BUNDLED_DETECTOR, tmp_path / "det")
     cfg = json.loads((tmp_path / "det" / "config.json").read_text())
@@ -424,9 +424,9 @@ def test_detector_commands_take_a_fake_cache_folder(tmp_path, monkeypatch):
     """`--fake-cache DIR` reaches the commands (train, calibrate and eval reuse one folder of fakes); without it
     the working folder's runs/detector/fakes is used. A path that cannot be a folder fails at once, not after
     the fakes are made."""
-    from api.cli import build_parser, main
-    from api.cli.common import fake_cache as _fake_cache
-    from detector.train import FAKE_CACHE
+    from ddpm_guard.api.cli import build_parser, main
+    from ddpm_guard.api.cli.common import fake_cache as _fake_cache
+    from ddpm_guard.detector.train import FAKE_CACHE
 
     monkeypatch.chdir(tmp_path)
     for cmd in ("train --out X", "calibrate", "eval"):

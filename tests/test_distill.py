@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from generator.checkpoint import WEIGHTS_NAME, load_model
-from generator.distill import (DistillConfig, consistency_loss, distill, distill_loss, distill_target, make_student,
+from ddpm_guard.generator.checkpoint import WEIGHTS_NAME, load_model
+from ddpm_guard.generator.distill import (DistillConfig, consistency_loss, distill, distill_loss, distill_target, make_student,
                                pseudo_huber)
-from generator.errors import GuardError
-from generator.pipeline import generate
-from generator.samplers import ddim_step, guided_eps, timesteps_for
-from generator.unet import UNet, VPrediction
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.pipeline import generate
+from ddpm_guard.generator.samplers import ddim_step, guided_eps, timesteps_for
+from ddpm_guard.generator.unet import UNet, VPrediction
 from tests.conftest import tiny_unet
 
 

@@ -7,13 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from generator.checkpoint import BUNDLED, load_model
-from generator.errors import GuardError
-from generator.perturb import jpeg, random_resized_crop, rotate
-from watermark.decoder import DecoderConfig, MessageDecoder, TrainConfig, attack_layer, load_decoder, train_decoder
-from watermark.guided import (Calibration, GuidedScheme, codeword, combine, guide_x0, read_logits,
-                              verify_guided)
-from watermark.keys import WatermarkKey
+from ddpm_guard.generator.checkpoint import BUNDLED, load_model
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.perturb import jpeg, random_resized_crop, rotate
+from ddpm_guard.watermark.attacks import attack_layer
+from ddpm_guard.watermark.guided.nets import DecoderConfig, load_decoder, MessageDecoder
+from ddpm_guard.watermark.guided.train import train_decoder, TrainConfig
+from ddpm_guard.watermark.guided.guidance import guide_x0
+from ddpm_guard.watermark.guided.read import verify_guided
+from ddpm_guard.watermark.guided.scheme import codeword, GuidedScheme
+from ddpm_guard.watermark.guided.statistic import Calibration, read_logits
+from ddpm_guard.watermark.pvalues import combine
+from ddpm_guard.watermark.keys import WatermarkKey
 
 KEY = WatermarkKey(bytes(range(32)))
 OTHER = WatermarkKey(bytes(range(1, 33)))
@@ -38,44 +43,10 @@ def test_attack_layer_keeps_shape_range_and_passes_gradients():
     assert torch.allclose(same, ((x.detach() + 1) * 127.5).round() / 127.5 - 1, atol=1e-6)
 
 
-def test_attack_layer_applies_the_attacks_it_is_told_to():
-    from watermark.decoder import ATTACK_NAMES
-
-    x = torch.full((6, 1, 28, 28), -1.0)
-    x[:, :, 8:20, 12:16] = 1.0  # a bar on black
-    names = ["identity", "noise", "brightness", "identity", "noise", "brightness"]
-    kinds = torch.tensor([ATTACK_NAMES.index(n) for n in names])
-    y = attack_layer(x, torch.Generator().manual_seed(0), kinds=kinds)
-    changed = (y != x).flatten(1).float().mean(1)
-    assert changed[0] == 0 and changed[3] == 0  # identity: the 8-bit file as it is
-    assert changed[1] > 0.3 and changed[4] > 0.3  # noise reaches most pixels (the black ones only when positive)
-    assert ((y[2] > -1) == (x[2] > -1)).all()  # brightness scales: the black background stays black
-    for bad in (torch.tensor([0, 1]), torch.tensor([0, 1, 2, 3, 4, len(ATTACK_NAMES)])):
-        with pytest.raises(GuardError):
-            attack_layer(x, torch.Generator().manual_seed(0), kinds=bad)
-
-
-def test_guidance_copies_take_the_scheme_s_attacks_and_refuse_unknown_ones():
-    from watermark.guided import check_scheme, eot_kinds
-
-    dec = MessageDecoder(DecoderConfig(width=8)).eval().requires_grad_(False)
-    assert eot_kinds(GuidedScheme()) is None
-    assert eot_kinds(GuidedScheme(eot=2, eot_kinds="identity, noise")).tolist() == [0, 5]
-    for bad in ("identity,noise", "identity,noise,crop,sharpen"):
-        with pytest.raises(GuardError, match="eot_kinds"):
-            check_scheme(dec, GuidedScheme(eot=4, eot_kinds=bad))
-    x0 = torch.rand(4, 1, 28, 28) * 2 - 1
-    cw = codeword(KEY, 1).expand(4, -1)
-    center = dec(x0).median(0).values
-    a, b = (guide_x0(x0, cw, dec, center, GuidedScheme(eot=2, eot_kinds=k), torch.Generator().manual_seed(0))
-            for k in ("identity,identity", "identity,noise"))
-    assert not torch.equal(a, b)  # the noisy copy pulls the edit elsewhere
-
-
 def test_canonical_frame_undoes_rotation():
-    from generator.data import load_dataset
-    from generator.perturb import rotate
-    from watermark.decoder import canonicalise
+    from ddpm_guard.generator.data import load_dataset
+    from ddpm_guard.generator.perturb import rotate
+    from ddpm_guard.watermark.guided.nets import canonicalise
 
     x = load_dataset("mnist5k", "heldout").images[::100]
     c = canonicalise(x)
@@ -86,51 +57,9 @@ def test_canonical_frame_undoes_rotation():
         assert (canonicalise(r) - c).abs().mean() < 0.5 * (r - x).abs().mean()
 
 
-def test_affine_frame_undoes_a_stretch_that_the_similarity_frame_keeps():
-    """A 4:3 horizontal stretch (what a 3:4 crop resized back does) and a rotation: the affine frame maps the
-    stretched digit closer to the unstretched one's canonical image than the similarity frame does, and
-    leaves rotation as well undone as before."""
-    import torch.nn.functional as F
-
-    from generator.data import load_dataset
-    from watermark.decoder import canonicalise
-
-    x = load_dataset("mnist5k", "heldout").images[::20]
-    theta = torch.tensor([[0.75, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(len(x), 2, 3)  # output u reads input 0.75 u
-    stretched = F.grid_sample(x + 1, F.affine_grid(theta, list(x.shape), align_corners=False),
-                              align_corners=False) - 1
-    err = {a: (canonicalise(stretched, 0.0, a) - canonicalise(x, 0.0, a)).abs().mean() for a in (0.0, 1.0)}
-    assert err[1.0] < 0.93 * err[0.0]  # measured: 0.125 against 0.138
-    r = rotate(x, 75)
-    assert (canonicalise(r, 1.0, 1.0) - canonicalise(x, 1.0, 1.0)).abs().mean() < 0.5 * (r - x).abs().mean()
-
-
-def test_frame_without_size_normalisation_keeps_a_zoom_and_still_undoes_rotation():
-    """canonical_scale 0: a digit zoomed x1.25 stays larger in the canonical frame (size 1 brings both to one
-    radius), and a rotation is undone as by the bundled frame."""
-    import torch.nn.functional as F
-
-    from generator.data import load_dataset
-    from watermark.decoder import canonicalise
-
-    x = load_dataset("mnist5k", "heldout").images[::20]
-    theta = torch.tensor([[0.8, 0.0, 0.0], [0.0, 0.8, 0.0]]).expand(len(x), 2, 3)  # a x1.25 zoom
-    zoomed = F.grid_sample(x + 1, F.affine_grid(theta, list(x.shape), align_corners=False),
-                           align_corners=False) - 1
-
-    def ink(y):
-        return (y + 1).sum((1, 2, 3))
-
-    ratio = {s: (ink(canonicalise(zoomed, 0.0, 0.0, s)) / ink(canonicalise(x, 0.0, 0.0, s))).median()
-             for s in (0.0, 1.0)}
-    assert abs(ratio[1.0] - 1) < 0.1 and ratio[0.0] > 1.4  # area grows 1.25^2 without the size step
-    r = rotate(x, 75)
-    assert (canonicalise(r, 0.0, 0.0, 0.0) - canonicalise(x, 0.0, 0.0, 0.0)).abs().mean() < 0.5 * (r - x).abs().mean()
-
-
 def test_attack_layer_crops_take_an_aspect_ratio_only_when_asked():
     """A round blob through the crop-only branch: square crops keep it round, 4:3 crops stretch it."""
-    from watermark.decoder import _affine01
+    from ddpm_guard.watermark.attacks import _affine01
 
     v = torch.linspace(-1, 1, 28)
     blob = ((v[None, :] ** 2 + v[:, None] ** 2) < 0.2).float()[None, None].repeat(200, 1, 1, 1)
@@ -157,63 +86,18 @@ def test_codeword_depends_on_key_and_payload_and_looks_random():
         codeword(KEY, 2 ** 32)
 
 
-@pytest.mark.parametrize("statistic", ["binomial", "sign"])
-def test_reading_the_codeword_finds_key_and_payload(statistic):
-    scheme = GuidedScheme(statistic=statistic)
-    logits = 3 * codeword(KEY, 0xC0FFEE42)[None].repeat(2, 1)
-    logits[1, :5] *= -1  # five zero-bit chips read wrong
-    mine = read_logits(logits, identity_calibration(), KEY, scheme)
-    assert mine[0].payload == "c0ffee42" and mine[0].payload_valid and mine[0].agreements == 32
-    assert mine[0].p_value < 1e-7 and mine[1].agreements == 27 and mine[1].p_value < 1e-3
-    theirs = read_logits(logits, identity_calibration(), OTHER, scheme)
-    assert all(not r.payload_valid for r in theirs) and min(r.p_value for r in theirs) > 1e-4
-
-
-@pytest.mark.parametrize("statistic", ["binomial", "sign"])
-def test_zero_bit_p_values_are_uniform_under_the_null(statistic):
-    """Logits that carry no mark: the randomised p-value is uniform, so alpha is the false-positive rate."""
-    logits = torch.randn(4000, 72, generator=torch.Generator().manual_seed(3))
-    p = np.array([r.p_value for r in read_logits(logits, identity_calibration(), KEY, GuidedScheme(statistic=statistic))])
-    for a in (0.01, 0.05, 0.2, 0.5):
-        assert abs((p < a).mean() - a) < 4 * np.sqrt(a * (1 - a) / len(p)) + 1e-3, a
-
-
-
-def test_sign_max_keeps_the_member_that_reads_the_mark_and_stays_calibrated():
-    """An ensemble of two decoders where one member reads the mark and the other reads noise (one fails under
-    rotation, the other under a crop): the summed test is diluted, the best member's test is not; its payload
-    comes from that member; under the null the Sidak-corrected p-value stays uniform."""
-    gen = torch.Generator().manual_seed(5)
-    cw = codeword(KEY, 0xC0FFEE42)
-    cal = identity_calibration(144)
-    noise = torch.randn(200, 72, generator=gen)
-    for order in ((0, 1), (1, 0)):  # the reading member first, then second
-        parts = [1.5 * cw[None] + 0.5 * torch.randn(200, 72, generator=gen), 3 * noise]
-        logits = torch.cat([parts[order[0]], parts[order[1]]], 1)
-        summed = read_logits(logits, cal, KEY, GuidedScheme(statistic="sign"))
-        best = read_logits(logits, cal, KEY, GuidedScheme(statistic="sign-max"))
-        assert np.mean([r.p_value < 0.01 for r in best]) > 0.95
-        assert np.mean([r.p_value for r in best]) < np.mean([r.p_value for r in summed])
-        assert np.mean([r.payload == "c0ffee42" for r in best]) > np.mean([r.payload == "c0ffee42" for r in summed])
-    null = torch.randn(4000, 144, generator=gen)
-    p = np.array([r.p_value for r in read_logits(null, cal, KEY, GuidedScheme(statistic="sign-max"))])
-    for a in (0.01, 0.05, 0.2):
-        assert abs((p < a).mean() - a) < 4 * np.sqrt(a * (1 - a) / len(p)) + 1e-3, a
-    one = torch.randn(500, 72, generator=gen)  # one copy: the same test as "sign"
-    assert np.allclose([r.p_value for r in read_logits(one, identity_calibration(), KEY, GuidedScheme(statistic="sign-max"))],
-                       [r.p_value for r in read_logits(one, identity_calibration(), KEY, GuidedScheme(statistic="sign"))])
 
 def test_view_weights_give_a_weighted_bonferroni_test_that_keeps_the_view_reading_the_mark():
     """A decoder read under three views: p = min over views of p_view / weight. The view that reads the mark
     (any of them) carries the test, the payload comes from it, and under the null P(p < alpha) <= alpha."""
-    from generator.errors import GuardError
-    from watermark.guided import zero_bit_test
+    from dataclasses import replace
+
+    from ddpm_guard.watermark.guided.statistic import zero_bit_test
 
     gen = torch.Generator().manual_seed(7)
     cw = codeword(KEY, 0xC0FFEE42)
     w = (0.8, 0.1, 0.1)
-    cal = Calibration(torch.zeros(216, dtype=torch.float64), torch.eye(216, dtype=torch.float64), view_weights=w)
-    assert cal.statistic == "sign-max" and identity_calibration().statistic == "sign"
+    cal = Calibration.fit(3 * torch.randn(6000, 216, generator=gen), w, 3)
     for reading in range(3):
         parts = [3 * torch.randn(300, 72, generator=gen) for _ in range(3)]
         parts[reading] = 1.5 * cw[None] + 0.5 * torch.randn(300, 72, generator=gen)
@@ -226,25 +110,25 @@ def test_view_weights_give_a_weighted_bonferroni_test_that_keeps_the_view_readin
         favour = [0.01, 0.01, 0.01]
         favour[reading] = 0.98
         other = [0.98 if c == (reading + 1) % 3 else 0.01 for c in range(3)]
-        p_fav, p_other = (zero_bit_test(logits, Calibration(cal.center, cal.sign_cov, tuple(v)), KEY)[0]
-                          for v in (favour, other))
+        p_fav, p_other = (zero_bit_test(logits, replace(cal, view_weights=tuple(v)), KEY)[0] for v in (favour, other))
         assert np.allclose(p_other, np.minimum(p_fav * 0.98 / 0.01, 1.0))
-    null = torch.randn(6000, 216, generator=gen)
+    null = 3 * torch.randn(6000, 216, generator=gen)
     p = np.array([v.p_value for v in read_logits(null, cal, KEY)])
     for a in (0.01, 0.05, 0.2):
         assert (p < a).mean() < a + 4 * np.sqrt(a * (1 - a) / len(p)), a
     with pytest.raises(GuardError, match="recalibrate"):
         read_logits(null[:, :144], cal, KEY)
     with pytest.raises(GuardError, match="view weights"):
-        read_logits(null, Calibration(cal.center, cal.sign_cov, (0.5, 0.5)), KEY)
+        read_logits(null, replace(cal, view_weights=(0.5, 0.5)), KEY)
+    with pytest.raises(GuardError, match="soft moments"):  # a calibration from before the soft test
+        read_logits(null[:, :72], identity_calibration(), KEY)
 
 
 def test_soft_statistic_is_calibrated_for_a_fixed_key_gains_power_and_ignores_other_keys_strong_marks():
-    """The soft zero-bit test (watermark.guided.soft_chips): with correlated, unequally scaled chips its false
-    positives for one fixed key stay at alpha; a weak mark is found more often than by the sign test on the same
-    logits; a strong mark under another key (large logits everywhere) does not inflate it; with views it keeps the
-    view that reads the mark, by its weight."""
-    from watermark.guided import zero_bit_test
+    """The soft zero-bit test (watermark.guided.statistic): with correlated, unequally scaled chips its false
+    positives for one fixed key stay at alpha; a weak mark is found; a strong mark under another key (large logits
+    everywhere) does not inflate it; with views it keeps the view that reads the mark, by its weight."""
+    from ddpm_guard.watermark.guided.statistic import zero_bit_test
 
     gen = torch.Generator().manual_seed(11)
     mix = torch.eye(72) + 0.4 * torch.randn(72, 72, generator=gen) / 72 ** 0.5  # correlated chips
@@ -254,33 +138,19 @@ def test_soft_statistic_is_calibrated_for_a_fixed_key_gains_power_and_ignores_ot
         return (torch.randn(n, 72, generator=gen) @ mix.T) * scale + 0.7
 
     cal = Calibration.fit(null(6000))
-    assert cal.statistic == "soft" and identity_calibration().statistic == "sign"
     p = np.array([r.p_value for r in read_logits(null(6000), cal, KEY)])
     for a in (0.01, 0.05, 0.2):
         assert abs((p < a).mean() - a) < 4 * np.sqrt(a * (1 - a) / len(p)) + 2e-3, a
     weak = null(2000) + 0.4 * codeword(KEY, 0xC0FFEE42)[None] * scale
-    soft, sign = (np.mean([r.p_value < 0.01 for r in read_logits(weak, cal, KEY, GuidedScheme(statistic=s))])
-                  for s in ("soft", "sign"))
-    assert soft > sign + 0.05 and soft > 0.3, (soft, sign)
+    soft = np.mean([r.p_value < 0.01 for r in read_logits(weak, cal, KEY)])
+    assert soft > 0.3, soft  # the sign test on the same logits found fewer (BENCHMARKS.md, measured and not shipped)
     # the other null (marks under random codewords) enters as the larger of the two variances, never the smaller
     from dataclasses import replace
 
-    wide, narrow = (replace(cal, soft_cov_marked=f * cal.soft_cov[0]) for f in (4, 0.25))  # no split: everywhere
+    wide, narrow = (replace(cal, soft_cov_marked=f * cal.soft_cov[0]) for f in (4, 0.25))
     p0, pw, pn = (zero_bit_test(weak[:200], c, KEY)[0] for c in (cal, wide, narrow))
     up = p0 < 0.5  # a positive statistic: a wider null can only raise its p-value
     assert np.allclose(pn, p0) and (pw[up] > p0[up]).all() and (pw < 0.01).sum() < (p0 < 0.01).sum()
-    # with a split (the unmarked energy's 99th percentile), only images reading above it take the marked null
-    from watermark.guided import soft_energy
-
-    assert cal.energy_split is None  # no split unless asked for
-    cal = Calibration.fit(null(6000), energy_quantile=0.99)
-    assert cal.energy_split is not None and abs(float((soft_energy(null(4000), cal.center, cal.mad, 1)[:, 0]
-                                                       < cal.energy_split[0]).float().mean()) - 0.99) < 0.01
-    mixed = torch.cat([weak[:200], null(200) + 6 * codeword(KEY, 0xC0FFEE42)[None] * scale])
-    hi = (soft_energy(mixed, cal.center, cal.mad, 1)[:, 0] >= cal.energy_split[0]).numpy()
-    assert hi[200:].all() and hi[:200].mean() < 0.5  # strong marks above, weak ones mostly below
-    ps, pws = (zero_bit_test(mixed, c, KEY)[0] for c in (cal, replace(cal, soft_cov_marked=4 * cal.soft_cov[0])))
-    assert np.allclose(pws[~hi], ps[~hi]) and (pws[hi] > ps[hi]).all()
     strong_other = null(4000) + 6 * codeword(OTHER, 0x1234)[None] * scale
     p = np.array([r.p_value for r in read_logits(strong_other, cal, KEY)])
     assert (p < 0.01).mean() < 0.01 + 4 * np.sqrt(0.01 * 0.99 / len(p)), (p < 0.01).mean()
@@ -298,8 +168,8 @@ def test_a_reader_reads_every_view_while_guidance_steers_the_decoder_itself(tmp_
     """`ddpm-guard weights decoder reader --decoder D R` gives D a reading network: every view is read by it, the
     guided network (`embed`) stays D's own, the stale calibration goes, and calibrating keeps D's own medians for
     guidance; `--reader none` takes it away. A reader of another architecture is refused with exit 2."""
-    from api.cli import main as cli
-    from watermark.decoder import ViewedDecoder, save_decoder
+    from ddpm_guard.api.cli import main as cli
+    from ddpm_guard.watermark.guided.nets import save_decoder, ViewedDecoder
 
     def main(args):  # the decoder's commands under `ddpm-guard weights decoder`
         if "--reader" in args:
@@ -331,8 +201,8 @@ def test_squeeze_view_undoes_the_stretch_of_a_crop_with_an_aspect_ratio():
     squeezes it back, so the digit's width and shape return (up to the cut and a sub-pixel shift)."""
     import torch.nn.functional as F
 
-    from generator.data import load_dataset
-    from watermark.decoder import READ_VIEWS
+    from ddpm_guard.generator.data import load_dataset
+    from ddpm_guard.watermark.guided.nets import READ_VIEWS
 
     x = load_dataset("mnist5k", "heldout").images[::50]
     window = x[..., :, 3:24]  # every digit fits columns 3-23 of the 28
@@ -347,9 +217,9 @@ def test_squeeze_view_undoes_the_stretch_of_a_crop_with_an_aspect_ratio():
 
 
 def test_unbright_view_undoes_a_clipped_brightness_gain_and_leaves_an_unclipped_file_alone():
-    from generator.data import load_dataset
-    from generator.image_io import quantize
-    from watermark.decoder import READ_VIEWS, normalise
+    from ddpm_guard.generator.data import load_dataset
+    from ddpm_guard.generator.image_io import quantize
+    from ddpm_guard.watermark.guided.nets import normalise, READ_VIEWS
 
     x = load_dataset("mnist5k", "heldout").images[::50]
     x01 = (x + 1) / 2
@@ -366,8 +236,8 @@ def test_read_views_are_set_on_a_decoder_folder_checked_and_reloaded(tmp_path):
     """`ddpm-guard weights decoder views --decoder D --views id,sx --weights 0.7,0.3` rewrites D's record:
     the decoder then reads every file under both views (the first copy is the plain decoder's), guidance still
     steers the plain decoder, and the stale calibration is dropped. Bad views or weights exit 2 with a message."""
-    from api.cli import main as cli
-    from watermark.decoder import ViewedDecoder
+    from ddpm_guard.api.cli import main as cli
+    from ddpm_guard.watermark.guided.nets import ViewedDecoder
 
     def main(args):  # `--out D --read-views V [--view-weights W]`, under `ddpm-guard weights decoder views`
         return cli(["weights", "decoder", "views", "--decoder", args[1], "--views", args[3], *(
@@ -406,62 +276,9 @@ def test_guidance_moves_x0_toward_the_codeword():
     assert after > before + 0.2, (before, after)
 
 
-def test_stroke_masks_confine_the_encoder_and_the_guidance_to_the_stroke_edges():
-    """With stroke_level (and stroke_ceiling), neither the training encoder nor the guidance writes on the
-    background away from the strokes (nor on the saturated cores): the black background stays black."""
-    from generator.data import load_dataset
-    from watermark.decoder import MessageEncoder, stroke_mask
-
-    torch.manual_seed(0)
-    x = load_dataset("mnist5k", "heldout").images[:8]
-    mask = stroke_mask(x, -0.5, 0.9)
-    assert mask[x > 0.9].sum() == 0 and mask[(x > -0.5) & (x <= 0.9)].min() == 1
-    assert stroke_mask(x, -0.5).sum() > mask.sum() > 0
-    enc = MessageEncoder(DecoderConfig(width=8))
-    bits = torch.randint(0, 2, (8, 72))
-    free, masked = enc(x, bits, 0.25), enc(x, bits, 0.25, -0.5, 0.9)
-    assert (free - x)[mask == 0].abs().max() > 0 and (masked - x)[mask == 0].abs().max() == 0
-    dec = MessageDecoder(DecoderConfig(width=8)).eval().requires_grad_(False)
-    cw = codeword(KEY, 1).expand(8, -1)
-    scheme = GuidedScheme(iters=3, step_size=0.05, eot=1, stroke_level=-0.5, stroke_ceiling=0.9)
-    g = guide_x0(x, cw, dec, dec(x).median(0).values, scheme, torch.Generator().manual_seed(0))
-    assert (g - x)[mask == 0].abs().max() == 0 and (g - x)[mask == 1].abs().max() > 0.01
-
-
-def test_dilation_mark_moves_stroke_edges_only_and_guidance_steers_it():
-    """The geometric mark: a smooth field moves stroke edges along their normals (a positive field thickens
-    the stroke), leaves the black background away from strokes and the flat inside of a thick stroke as they
-    are, and guidance through it moves the decoder's reading toward the codeword."""
-    from watermark.decoder import MessageEncoder, dilate
-
-    x = -torch.ones(1, 1, 28, 28)
-    x[..., 8:20, 8:20] = 1.0  # a thick square stroke: flat inside, edges around
-    thick = dilate(x, torch.full((1, 1, 7, 7), 0.5))
-    assert thick.sum() > x.sum()  # the stroke grew
-    assert torch.equal(thick[..., 11:17, 11:17], x[..., 11:17, 11:17]) and torch.equal(thick[..., :5, :], x[..., :5, :])
-    assert dilate(x, torch.full((1, 1, 7, 7), -0.5)).sum() < x.sum()
-    torch.manual_seed(0)
-    enc = MessageEncoder(DecoderConfig(width=8))
-    y = enc(x, torch.randint(0, 2, (1, 72)), 0.75, dilate_grid=7)
-    assert torch.equal(y[..., :5, :], x[..., :5, :]) and not torch.equal(y, x)
-    dec = MessageDecoder(DecoderConfig(width=8)).eval().requires_grad_(False)
-    from generator.data import load_dataset
-
-    x0 = load_dataset("mnist5k", "heldout").images[:8]
-    cw = codeword(KEY, 1).expand(8, -1)
-    center = dec(x0).median(0).values
-    before = ((dec(x0) > center).float() * 2 - 1 == cw).float().mean()
-    g = guide_x0(x0, cw, dec, center, GuidedScheme(iters=20, step_size=0.2, eot=1, dilate_grid=7),
-                 torch.Generator().manual_seed(0))
-    after = ((dec(g) > center).float() * 2 - 1 == cw).float().mean()
-    assert after > before + 0.1, (before, after)
-    far = torch.nn.functional.max_pool2d((x0 > -1).float(), 5, 1, 2) == 0  # background 2+ px from any stroke
-    assert (g - x0)[far].abs().max() == 0
-
-
 def test_identity_hook_changes_nothing_and_other_samplers_refuse_it(trained_tiny):
-    from generator.errors import GuardError
-    from generator.pipeline import generate
+    from ddpm_guard.generator.errors import GuardError
+    from ddpm_guard.generator.pipeline import generate
 
     out, _ = trained_tiny
     model, schedule, _ = load_model(out, device="cpu")
@@ -495,12 +312,12 @@ needs_decoder = pytest.mark.skipif(not (BUNDLED / "model.safetensors").exists()
 
 @needs_decoder
 def test_bundled_guided_mark_survives_jpeg_rotation_and_a_square_crop_without_inversion():
-    from generator.image_io import quantize
-    from generator.pipeline import generate
-    from watermark.embed import generate_watermarked
+    from ddpm_guard.generator.image_io import quantize
+    from ddpm_guard.generator.pipeline import generate
+    from ddpm_guard.watermark.marking import MarkSpec, generate_marked
 
     model, schedule, _ = load_model(device="cpu")
-    x, _ = generate_watermarked(model, schedule, KEY, 0xABCD0123, 6, seed=0, steps=50, guided=True)
+    x, _ = generate_marked(model, schedule, KEY, 0xABCD0123, 6, MarkSpec.of(guided=True), seed=0, steps=50)
     x = quantize(x)
     plain = quantize(generate(model, schedule, 6, seed=0, steps=50)[0])
     g = torch.Generator().manual_seed(0)
@@ -521,7 +338,7 @@ def test_calibrate_cli_refuses_a_folder_that_is_no_decoder(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "api.cli", "weights", "decoder", "calibrate", "--decoder", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "ddpm_guard.api.cli", "weights", "decoder", "calibrate", "--decoder", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "no watermark decoder" in r.stderr
@@ -531,18 +348,18 @@ def test_calibrate_cli_refuses_a_folder_that_is_no_decoder(tmp_path):
 def test_marks_under_many_keys_in_one_batch_each_read_by_their_own_key_only():
     """generate_under_keys (the evaluation's other-key marks, one sampling batch): image i carries key i's guided
     mark, so each verifies under its own key and under no other; a codeword count that fits no batch is refused."""
-    from generator.image_io import quantize
-    from watermark.embed import generate_under_keys
-    from watermark.guided import codewords_hook
-    from watermark.verify import verify_images
+    from ddpm_guard.generator.image_io import quantize
+    from ddpm_guard.watermark.marking import generate_under_keys, MarkSpec
+    from ddpm_guard.watermark.guided.guidance import codewords_hook
+    from ddpm_guard.watermark.verify import verify_images
 
     model, schedule, _ = load_model(None, device="cpu")
     keys = [WatermarkKey(bytes([i + 40]) * 32) for i in range(3)]
-    x, labels = generate_under_keys(model, schedule, keys, 5, seed=3, steps=20)
+    x, labels = generate_under_keys(model, schedule, keys, 5, MarkSpec.of(guided=True), seed=3, steps=20)
     assert labels.tolist() == [0, 1, 2]
     x = quantize(x)
     for j, k in enumerate(keys):
-        found = [r["detected"] for r in verify_images(x, {"k": k}, model, schedule, guided=True, deep=False)]
+        found = [r.detected for r in verify_images(x, {"k": k}, model, schedule, guided=True, deep=False)]
         assert found == [i == j for i in range(3)], (j, found)
     hook = codewords_hook(torch.stack([codeword(k, 5) for k in keys]))
     with pytest.raises(ValueError, match="3 codewords for a batch of 2"):

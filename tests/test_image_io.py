@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from generator.errors import GuardError
-from generator.image_io import decode_image, load_image, make_grid, save_image, to_uint8
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import decode_image, load_image, make_grid, save_image, to_uint8
 
 
 def _encode(img, fmt="PNG", **kw):

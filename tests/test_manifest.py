@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generator.errors import GuardError
-from generator.image_io import decode_image
-from provenance.c2pa import (iptc_source_type, load_signer, load_trust_anchors, new_signer, read_metadata,
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import decode_image
+from ddpm_guard.provenance.c2pa import (iptc_source_type, load_signer, load_trust_anchors, new_signer, read_metadata,
                                 sign_png)
 
 

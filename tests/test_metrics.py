@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from generator.metrics import fid, kid, memorization, precision_recall
+from ddpm_guard.generator.metrics import fid, kid, memorization, precision_recall
 
 
 def _gauss(n, d=8, shift=0.0, seed=0):
@@ -48,7 +48,7 @@ def test_fid_vs_steps_plot_from_a_merged_report(tmp_path):
     points by step count per sampler and draws DDPM apart."""
     from PIL import Image
 
-    from generator.evaluate import _plot_steps
+    from ddpm_guard.generator.evaluate import _plot_steps
 
     sweep = {k: {"fid": f} for k, f in [("ddim-10", 48.7), ("ddim-100", 46.6), ("ddim-20", 48.1), ("ddpm-1000", 45.4)]}
     _plot_steps(sweep, tmp_path / "p.png")

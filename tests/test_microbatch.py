@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from generator.microbatch import in_fixed_batches
+from ddpm_guard.generator.microbatch import in_fixed_batches
 
 
 def test_fixed_batches_pad_and_drop_the_padding():
@@ -24,16 +24,16 @@ def test_fixed_batches_pad_and_drop_the_padding():
 
 
 def test_inversion_and_decoder_rows_do_not_depend_on_the_batch():
-    from generator.checkpoint import load_model
-    from watermark.guided import decode_logits
-    from watermark.keys import WatermarkKey
-    from watermark.verify import verify_images
+    from ddpm_guard.generator.checkpoint import load_model
+    from ddpm_guard.watermark.guided.read import decode_logits
+    from ddpm_guard.watermark.keys import WatermarkKey
+    from ddpm_guard.watermark.verify import verify_images
 
     model, schedule, _ = load_model(None)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(11, 1, 28, 28, generator=g) * 2 - 1
     assert torch.equal(decode_logits(x[:3]), decode_logits(x)[:3])
     ring = {"k": WatermarkKey(bytes(range(32)))}
-    alone = [verify_images(x[i:i + 1], ring, model, schedule, guided=True)[0]["p_value"] for i in (0, 9)]
+    alone = [verify_images(x[i:i + 1], ring, model, schedule, guided=True)[0].p_value for i in (0, 9)]
     together = verify_images(x, ring, model, schedule, guided=True)
-    assert alone == [together[0]["p_value"], together[9]["p_value"]]
+    assert alone == [together[0].p_value, together[9].p_value]

@@ -1,4 +1,5 @@
-"""The wheel carries every bundled weight file: a toolkit installed from it must not lack a model."""
+"""The wheel carries every bundled weight file, under the one ddpm_guard namespace: a toolkit installed from it must not
+lack a model, and it puts no package called `api` or `generator` into site-packages."""
 
 import shutil
 import subprocess
@@ -7,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("generator", "detector", "watermark", "api")
+PACKAGES = ("generator", "detector", "watermark", "provenance", "api")
 
 
 def test_wheel_ships_every_file_under_weights(tmp_path):
@@ -26,5 +27,7 @@ def test_wheel_ships_every_file_under_weights(tmp_path):
                 if p.is_file() and "weights" in p.relative_to(ROOT).parts and "__pycache__" not in p.parts}
     assert expected, "no bundled weights found"
     assert {"generator/weights/fast.json", "detector/weights/default/model.safetensors"} <= expected
-    missing = sorted(expected - inside)
+    missing = sorted(e for e in expected if f"ddpm_guard/{e}" not in inside)
     assert not missing, f"not in the wheel: {missing}"
+    tops = {n.split("/")[0] for n in inside if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"ddpm_guard"}, tops

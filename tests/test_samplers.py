@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from generator.checkpoint import load_model
-from generator.config import DiffusionConfig
-from generator.schedule import NoiseSchedule
-from generator.errors import GuardError
-from generator.samplers import ddim_invert, ddim_step, guided_eps, sample, timesteps_for
-from generator.unet import UNet
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.config import DiffusionConfig
+from ddpm_guard.generator.schedule import NoiseSchedule
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.samplers import ddim_invert, ddim_step, guided_eps, sample, timesteps_for
+from ddpm_guard.generator.unet import UNet
 
 from conftest import tiny_unet
 
@@ -102,7 +102,7 @@ def test_ddim_inversion_round_trip(trained_tiny, digits):
 
 def test_ddpm_step_on_the_full_grid_is_ho_et_al(schedule):
     """With t_prev = t - 1 the respaced step reduces to the precomputed posterior (Eq. 7) and sigma^2."""
-    from generator.samplers import ddpm_step
+    from ddpm_guard.generator.samplers import ddpm_step
 
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     eps = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -126,7 +126,7 @@ def test_respaced_ddpm_calls_the_model_steps_times(schedule):
 
 
 def test_denoise_from_shape_bounds_and_range_check(schedule):
-    from generator.samplers import denoise_from
+    from ddpm_guard.generator.samplers import denoise_from
 
     m = _model()
     x0 = torch.rand(2, 1, 8, 8) * 2 - 1
@@ -159,7 +159,7 @@ def ode(trained_tiny):
 def test_dpmpp2m_first_step_is_ddim_and_converges_to_the_same_ode_solution(ode):
     """DPM-Solver++(2M) and DDIM solve the same probability-flow ODE: at many steps they agree closely;
     at few steps the second-order solver is nearer to the many-step solution than DDIM is."""
-    from generator.samplers import dpmpp2m_step
+    from ddpm_guard.generator.samplers import dpmpp2m_step
 
     run, ref, sch, (x, eps) = ode
     assert (run("dpmpp2m", 200) - ref).abs().mean() < 0.01
@@ -174,7 +174,7 @@ def test_unipc_converges_to_the_ode_solution_and_beats_ddim_at_few_steps(ode):
     """UniPC (bh2, order 2) solves the same ODE: at many steps it lands on DDIM's many-step solution;
     at 10 steps it is nearer to it than DDIM-10. Its predictor alone is DPM-Solver++(2M), so with the
     corrector it must differ from DPM-Solver++ (the corrector is doing something)."""
-    from generator.samplers import unipc_step
+    from ddpm_guard.generator.samplers import unipc_step
 
     run, ref, sch, (x, eps) = ode
     assert (run("unipc", 200) - ref).abs().mean() < 0.01
@@ -189,7 +189,7 @@ def test_unipc_converges_to_the_ode_solution_and_beats_ddim_at_few_steps(ode):
 def test_ddim_inversion_round_trips_a_dpmpp2m_sample(trained_tiny, digits):
     """Invert a real image over the DDIM grid, regenerate it with DPM-Solver++(2M) on the same grid:
     both integrate one ODE, so the image comes back (as in the DDIM round trip above)."""
-    from generator.checkpoint import load_model
+    from ddpm_guard.generator.checkpoint import load_model
 
     m, sch, _ = load_model(trained_tiny[0], device="cpu")
     x0 = digits.images[:16]
@@ -200,7 +200,7 @@ def test_ddim_inversion_round_trips_a_dpmpp2m_sample(trained_tiny, digits):
 
 
 def test_precision_auto_picks_bf16_only_where_native(monkeypatch, capsys):
-    import generator.samplers as smp
+    import ddpm_guard.generator.samplers as smp
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(smp, "_warned_emulated", False)

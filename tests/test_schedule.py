@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from generator.config import DiffusionConfig
-from generator.schedule import NoiseSchedule, cosine_betas, linear_betas
+from ddpm_guard.generator.config import DiffusionConfig
+from ddpm_guard.generator.schedule import NoiseSchedule, cosine_betas, linear_betas
 
 
 def test_linear_betas_match_ho_et_al():

@@ -16,17 +16,17 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.runtime import Runtime, load_key_ring, prepare_home
-from api.scan import Scanner
-from api.service import create_app
-from api.settings import load_settings
-from api.store import Store
-from detector.calibrate import Platt
-from detector.model import DetectorConfig, DetectorNet
-from detector.predict import Detector
-from generator.checkpoint import load_model
-from generator.image_io import decode_image
-from provenance.c2pa import load_signer, load_trust_anchors
+from ddpm_guard.api.runtime import Runtime, load_key_ring, prepare_home
+from ddpm_guard.api.scan import Scanner
+from ddpm_guard.api.service import create_app
+from ddpm_guard.api.settings import load_settings
+from ddpm_guard.api.store import Store
+from ddpm_guard.detector.calibrate import Platt
+from ddpm_guard.detector.model import DetectorConfig, DetectorNet
+from ddpm_guard.detector.predict import Detector
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.image_io import decode_image
+from ddpm_guard.provenance.c2pa import load_signer, load_trust_anchors
 
 
 def _enc(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -90,7 +90,7 @@ def fixed_service_key(home, secret: bytes) -> None:
     not redrawn with a random key on every run."""
     import os
 
-    from watermark.keys import HEADER
+    from ddpm_guard.watermark.keys import HEADER
 
     (home / "keys").mkdir(mode=0o700)
     fd = os.open(home / "keys" / "service.key", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -145,7 +145,7 @@ def test_bearer_and_header_keys_both_work(svc):
 
 def test_stored_key_is_a_hash_not_the_key(svc):
     _, headers, rt = svc
-    from api.store import ApiKeyRow
+    from ddpm_guard.api.store import ApiKeyRow
     with rt.store.session() as s:
         hashes = [row.key_hash for row in s.query(ApiKeyRow).all()]
     assert headers["X-API-Key"] not in hashes and all(len(h) == 64 for h in hashes)
@@ -184,9 +184,9 @@ def test_scan_rows_name_the_edit_they_were_judged_for(svc):
     """A classifier verdict names the benign edit the router guessed and the threshold it was judged at; the
     service's tiny detector has no router, so its rows say edit null and name none. Rows of the bundled
     detector carry one of its router's edits."""
-    from api.scan import _EDIT_WORDS, decide
-    from detector.data import perturb_for_calibration, real_split
-    from detector.predict import load_detector
+    from ddpm_guard.api.scan import _EDIT_WORDS, decide
+    from ddpm_guard.detector.data import perturb_for_calibration, real_split
+    from ddpm_guard.detector.predict import load_detector
 
     client, headers, _ = svc
     rows = _scan(client, headers, [("d.png", _enc(_digit(0)))]).json()["results"]
@@ -264,7 +264,7 @@ def test_signed_round_trip_with_the_bundled_model(tmp_path):
     """End to end with the bundled generator and detector: made by the service, scanned as ours with a
     Trusted manifest naming the account; stripped of metadata, the watermark still decides; a tampered
     file's manifest reads Invalid and does not decide."""
-    from detector.predict import load_detector
+    from ddpm_guard.detector.predict import load_detector
 
     # a fixed service key: clean detection is ~80 % per image (BENCHMARKS.md)
     fixed_service_key(tmp_path, bytes(range(32)))
@@ -314,7 +314,7 @@ def test_signed_round_trip_with_the_bundled_model(tmp_path):
 def test_concurrent_scans_share_one_batched_call():
     import asyncio
 
-    from api.batching import Batcher
+    from ddpm_guard.api.batching import Batcher
 
     calls = []
 
@@ -415,10 +415,10 @@ def test_audit_job_over_the_service(svc):
 
 
 def test_an_interrupted_audit_job_resumes_when_the_service_starts_again(tmp_path, trained_tiny):
-    from api.audit import run_audit
-    from api.audit.engine import ScanSpec
-    from api.audit_jobs import job_dir
-    from api.store import AuditJobs
+    from ddpm_guard.api.audit import run_audit
+    from ddpm_guard.api.audit.engine import ScanSpec
+    from ddpm_guard.api.audit_jobs import job_dir
+    from ddpm_guard.api.store import AuditJobs
 
     rt = make_runtime(tmp_path / "home", trained_tiny[0])
     account, key = rt.store.new_api_key("zoe")
@@ -453,9 +453,9 @@ def test_domain_gate_flags_photographs_and_passes_real_digits():
 
     import skimage
 
-    from detector.domain import DomainRules
-    from generator.data import load_dataset
-    from generator.image_io import to_uint8
+    from ddpm_guard.detector.domain import DomainRules
+    from ddpm_guard.generator.data import load_dataset
+    from ddpm_guard.generator.image_io import to_uint8
 
     rules = DomainRules()
     photos = sorted(glob.glob(os.path.join(os.path.dirname(skimage.__file__), "data", "*.png")))
@@ -481,7 +481,7 @@ def test_applications_are_watermarked_signed_edits_for_the_account(svc, tmp_path
     body = r.json()
     assert (body["application"], body["width"], body["height"], body["payload"]) == ("refine", 8, 8, f"{acc.id:08x}")
     png = base64.b64decode(body["png_base64"])
-    from provenance.c2pa import read_metadata
+    from ddpm_guard.provenance.c2pa import read_metadata
 
     meta = read_metadata(png, rt.scanner.trust_anchors)
     assert meta["c2pa"]["status"] == "Trusted"
@@ -525,9 +525,9 @@ def test_application_mistakes_are_400_with_one_message(svc, route, files, data, 
 def test_colorize_route_keeps_the_grey_levels(svc, tmp_path):
     client, headers, rt = svc
     assert client.post("/v1/colorize", headers=headers, files={"image": ("g.png", _small())}).status_code in (200, 400)
-    from generator.checkpoint import save_model
-    from generator.config import DiffusionConfig
-    from generator.unet import UNet
+    from ddpm_guard.generator.checkpoint import save_model
+    from ddpm_guard.generator.config import DiffusionConfig
+    from ddpm_guard.generator.unet import UNet
     from tests.conftest import tiny_unet
 
     torch.manual_seed(0)

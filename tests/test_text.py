@@ -4,8 +4,8 @@ import pytest
 
 pytest.importorskip("sentence_transformers")
 
-from generator.errors import GuardError  # noqa: E402
-from generator.text import WORDS, load_prompt_model, train_captions  # noqa: E402
+from ddpm_guard.generator.errors import GuardError  # noqa: E402
+from ddpm_guard.generator.text import WORDS, load_prompt_model, train_captions  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from generator.checkpoint import STATE_NAME, load_model, read_config
-from generator.config import DiffusionConfig
-from generator.data import Dataset
-from generator.errors import GuardError
-from generator.train import EMA, Trainer
+from ddpm_guard.generator.checkpoint import STATE_NAME, load_model, read_config
+from ddpm_guard.generator.config import DiffusionConfig
+from ddpm_guard.generator.data import Dataset
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.train import EMA, Trainer
 
 from conftest import tiny_train, tiny_unet
 

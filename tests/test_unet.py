@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from generator.config import UNetConfig
-from generator.unet import UNet, timestep_embedding
+from ddpm_guard.generator.config import UNetConfig
+from ddpm_guard.generator.unet import UNet, timestep_embedding
 
 from conftest import tiny_unet
 
@@ -22,7 +22,7 @@ def test_shapes_and_finite(size, channels, mult):
 
 
 def test_attention_is_placed_at_the_configured_resolutions():
-    from generator.unet import AttentionBlock
+    from ddpm_guard.generator.unet import AttentionBlock
 
     with_attn = UNet(tiny_unet(attention_resolutions=(4, 8)))
     without = UNet(tiny_unet(attention_resolutions=()))

@@ -9,12 +9,14 @@ import pytest
 import torch
 from scipy import stats
 
-from generator.checkpoint import BUNDLED, load_model
-from generator.errors import GuardError
-from generator.perturb import jpeg
-from watermark.detect import null_survival, read_latent, sidak, verify
-from watermark.embed import Codec, Scheme, parse_payload, watermarked_noise
-from watermark.keys import WatermarkKey, load_key, new_key_file
+from ddpm_guard.generator.checkpoint import BUNDLED, load_model
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.perturb import jpeg
+from ddpm_guard.watermark.latent.read import null_survival, read_latent, verify
+from ddpm_guard.watermark.pvalues import sidak
+from ddpm_guard.watermark.latent.codec import Codec, Scheme, watermarked_noise
+from ddpm_guard.watermark.marking import MarkSpec, parse_payload
+from ddpm_guard.watermark.keys import WatermarkKey, load_key, new_key_file
 
 SHAPE = (1, 28, 28)
 
@@ -47,7 +49,7 @@ def test_x_T_is_standard_normal(basis):
 
 
 def test_dct_is_orthonormal_and_round_trips(codec):
-    from watermark.embed import dct_matrix
+    from ddpm_guard.watermark.latent.codec import dct_matrix
 
     c = dct_matrix(28)
     torch.testing.assert_close(c @ c.T, torch.eye(28, dtype=torch.float64))
@@ -103,7 +105,7 @@ def test_weighted_null_law_matches_simulation():
 
 
 def test_chip_weights_follow_magnitude_rank():
-    from watermark.detect import chip_weights
+    from ddpm_guard.watermark.latent.read import chip_weights
 
     w = chip_weights(np.array([0.1, 3.0, 2.0, 0.5, 7.0, 0.2, 0.3, 0.4]), 4)
     assert w.tolist() == [1, 4, 3, 3, 4, 1, 2, 2]
@@ -154,10 +156,10 @@ needs_bundled = pytest.mark.skipif(not (BUNDLED / "model.safetensors").exists(),
 
 @needs_bundled
 def test_clean_watermarked_samples_are_detected_with_bundled_model(key):
-    from watermark.embed import generate_watermarked
+    from ddpm_guard.watermark.marking import generate_marked
 
     model, schedule, _ = load_model(device="cpu")
-    x, _ = generate_watermarked(model, schedule, key, 0xABCD0123, 8, seed=0, steps=50)
+    x, _ = generate_marked(model, schedule, key, 0xABCD0123, 8, seed=0, steps=50)
     codec = Codec(key, SHAPE)
     v = verify(x, codec, model, schedule, search=False)
     assert sum(r.watermarked for r in v) >= 6, [r.p_value for r in v]  # eval: clean TPR 0.86-0.94 at 1%
@@ -170,22 +172,22 @@ def test_clean_watermarked_samples_are_detected_with_bundled_model(key):
 def test_end_to_end_with_bundled_model(key):
     """Both marks in, a JPEG q50 re-save, then the default (fast) verification of a key ring: the
     guided mark carries it (the x_T mark alone was the known gap of issue 4 after JPEG)."""
-    from watermark.embed import generate_watermarked
-    from watermark.verify import verify_images
+    from ddpm_guard.watermark.marking import generate_marked
+    from ddpm_guard.watermark.verify import verify_images
 
     model, schedule, _ = load_model(device="cpu")
-    x, _ = generate_watermarked(model, schedule, key, 0xABCD0123, 4, seed=0, steps=50, guided=True)
+    x, _ = generate_marked(model, schedule, key, 0xABCD0123, 4, MarkSpec.of(guided=True), seed=0, steps=50)
     x = jpeg(x, 50)  # saved and re-encoded as JPEG q50
     mine = verify_images(x, {"k": key}, model, schedule, deep=False, guided=True)
-    assert sum(r["detected"] for r in mine) >= 3, [r["p_value"] for r in mine]
+    assert sum(r.detected for r in mine) >= 3, [r.p_value for r in mine]
     theirs = verify_images(x, {"other": WatermarkKey(bytes(32))}, model, schedule, deep=False, guided=True)
-    assert not any(r["detected"] for r in theirs)
+    assert not any(r.detected for r in theirs)
 
 
 @needs_bundled
 def test_cli_never_prints_the_key(tmp_path):
     def run(*a):
-        return subprocess.run([sys.executable, "-m", "api.cli", *a], capture_output=True, text=True, timeout=600)
+        return subprocess.run([sys.executable, "-m", "ddpm_guard.api.cli", *a], capture_output=True, text=True, timeout=600)
 
     k = tmp_path / "k.key"
     r = run("keys", "new", "--out", str(k))
@@ -208,7 +210,7 @@ def test_cli_never_prints_the_key(tmp_path):
 
 
 def test_fid_change_reports_both_sets_and_the_spread(trained_tiny, key):
-    from watermark.evaluate import fid_change
+    from ddpm_guard.watermark.evaluate import fid_change
 
     out, _ = trained_tiny
     model, schedule, _ = load_model(out, device="cpu")
@@ -223,13 +225,13 @@ def test_fid_change_reports_both_sets_and_the_spread(trained_tiny, key):
 def test_rotation_search_pays_for_every_candidate_in_the_p_value(key):
     """--search tries the identity, then 24 inverse rotations for what is not yet detected; its p-value is
     corrected for 256 streams x 25 candidates whether or not the second pass ran, so alpha still holds."""
-    from watermark.detect import rotation_candidates
-    from watermark.embed import generate_watermarked
+    from ddpm_guard.watermark.latent.read import rotation_candidates
+    from ddpm_guard.watermark.marking import generate_marked
 
     cands = rotation_candidates()
     assert len(cands) == 25 and cands[0] == ("identity", 0.0)
     model, schedule, _ = load_model(device="cpu")
-    x, _ = generate_watermarked(model, schedule, key, 0xABCD0123, 3, seed=0, steps=50)
+    x, _ = generate_marked(model, schedule, key, 0xABCD0123, 3, seed=0, steps=50)
     plain = (torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(9)) > 0.8).float() * 2 - 1
     codec = Codec(key, SHAPE)
     one = verify(torch.cat([x, plain]), codec, model, schedule, search=False)

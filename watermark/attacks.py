@@ -17,9 +17,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from generator.errors import GuardError
 
-from generator.perturb import (gaussian_blur, gaussian_noise, jpeg, median_filter, random_brightness,
+from ddpm_guard.generator.perturb import (gaussian_blur, gaussian_noise, jpeg, median_filter, random_brightness,
                                random_resized_crop, resize_and_back, rotate)
 
 Attack = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -96,23 +95,17 @@ ATTACK_NAMES = ("identity", "rotate", "crop", "rotate+crop", "blur", "noise", "b
 
 
 def attack_layer(x: torch.Tensor, gen: torch.Generator, identity_share: float = 0.15,
-                 max_aspect: float = 1.0, kinds: torch.Tensor | None = None) -> torch.Tensor:
+                 max_aspect: float = 1.0) -> torch.Tensor:
     """One random attack per image of a (B, 1, H, W) batch in [-1, 1], applied to its 8-bit version,
     as the robustness suite does (watermark.attacks) but with random strengths over wider ranges:
     rotation up to +-90 degrees, crops of 0.6-1 of the area, blur sigma 0.3-1.5, noise 0-0.15,
     brightness x U[0, 6] with clamping, resize 0.4-0.8 and back, median 3, JPEG 20-90. The crops' aspect
-    ratio varies up to `max_aspect` (1: square crops, as the bundled decoder was trained). `kinds` (B,) indices
-    into ATTACK_NAMES fix each image's attack (its strength stays random) instead of drawing it."""
+    ratio varies up to `max_aspect` (1: square crops, as the bundled decoder was trained)."""
     b = len(x)
     x = (x + 1) / 2
     x = _st(x, (x * 255).round() / 255)
-    if kinds is None:
-        kind = torch.randint(1, len(ATTACK_NAMES), (b,), generator=gen)
-        kind[torch.rand(b, generator=gen) < identity_share] = 0
-    else:
-        if kinds.shape != (b,) or int(kinds.min()) < 0 or int(kinds.max()) >= len(ATTACK_NAMES):
-            raise GuardError(f"kinds must be ({b},) indices into {ATTACK_NAMES}")
-        kind = kinds
+    kind = torch.randint(1, len(ATTACK_NAMES), (b,), generator=gen)
+    kind[torch.rand(b, generator=gen) < identity_share] = 0
     out = x.clone()
     for k, name in enumerate(ATTACK_NAMES):
         idx = (kind == k).nonzero().flatten()

@@ -4,21 +4,21 @@ verify time and the watermark's effect on FID."""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from generator.data import load_dataset
-from generator.image_io import quantize
-from generator.metrics import psnr_db
-from generator.pipeline import generate
-from watermark.attacks import ATTACKS, HELD_OUT_ATTACKS, TREE_RING_SIX, held_out_attack
-from watermark.detect import verify
-from watermark.embed import Codec, Scheme, generate_under_keys, generate_watermarked
-from watermark.keys import WatermarkKey
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.image_io import quantize
+from ddpm_guard.generator.metrics import psnr_db
+from ddpm_guard.generator.pipeline import generate
+from ddpm_guard.watermark.attacks import ATTACKS, HELD_OUT_ATTACKS, TREE_RING_SIX, held_out_attack
+from ddpm_guard.watermark.latent.read import verify
+from ddpm_guard.watermark.latent.codec import Codec, Scheme
+from ddpm_guard.watermark.marking import MarkSpec, generate_marked, generate_under_keys
+from ddpm_guard.watermark.keys import WatermarkKey
 
 
 def _scores(x, codec, model, schedule, steps, search, alpha):
@@ -51,7 +51,7 @@ def evaluate_watermark(model, schedule, key: WatermarkKey, *, n: int = 500, n_ne
     log = log or (lambda s: None)
     cfg = model.config
     codec = Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size), scheme)
-    wm, _ = generate_watermarked(model, schedule, key, payload, n, scheme=scheme, seed=seed)
+    wm, _ = generate_marked(model, schedule, key, payload, n, MarkSpec(latent=scheme), seed=seed)
     wm = quantize(wm)
     # negatives: held-out real digits and unwatermarked samples, cycled through the attacks' clean state
     held = load_dataset("mnist5k", "heldout").images
@@ -84,26 +84,26 @@ def evaluate_watermark(model, schedule, key: WatermarkKey, *, n: int = 500, n_ne
     bits = [r["bit_accuracy"] for k, r in report["attacks"].items() if k != "clean"]
     report["mean_bit_accuracy_attacks"] = float(np.mean(bits)) if bits else None
     if fid_seeds:
-        report["fid"] = fid_change(model, schedule, key, payload, n=n, seeds=fid_seeds, scheme=scheme, seed=seed, log=log)
+        report["fid"] = fid_change(model, schedule, key, payload, n=n, seeds=fid_seeds, spec=MarkSpec(latent=scheme),
+                                   seed=seed, log=log)
     if out_dir is not None:
         _plot(report, Path(out_dir) / "watermark_tpr.png")
     return report
 
 
-def fid_change(model, schedule, key: WatermarkKey, payload: int, *, n: int, seeds: int, scheme: Scheme = Scheme(),
-               seed: int = 0, log=None, guided=False, decoder: str | None = None, **kw) -> dict:
+def fid_change(model, schedule, key: WatermarkKey, payload: int, *, n: int, seeds: int, spec: MarkSpec = MarkSpec(),
+               seed: int = 0, log=None, **kw) -> dict:
     """FID (project classifier features, against the held-out digits) of watermarked and of plain
     samples for `seeds` seeds: the change, and the plain seed-to-seed spread it should stay within.
-    The marks are `sample --watermark-key`'s default (the x_T mark) unless `guided` asks for the guided one too."""
-    from generator.classifier import load_classifier, predict
-    from generator.metrics import fid
+    The marks are the spec's: by default `sample --watermark-key`'s (the x_T mark alone)."""
+    from ddpm_guard.generator.classifier import load_classifier, predict
+    from ddpm_guard.generator.metrics import fid
 
     net = load_classifier()
     ref = predict(net, load_dataset("mnist5k", "heldout").images)[0].numpy()
     rows = {"watermarked": [], "plain": []}
     for s in range(seed + 100, seed + 100 + seeds):
-        wm = quantize(generate_watermarked(model, schedule, key, payload, n, scheme=scheme, seed=s, guided=guided,
-                                           decoder=decoder, **kw)[0])
+        wm = quantize(generate_marked(model, schedule, key, payload, n, spec, seed=s, **kw)[0])
         plain = quantize(generate(model, schedule, n, seed=s, **kw)[0])
         rows["watermarked"].append(fid(predict(net, wm)[0].numpy(), ref))
         rows["plain"].append(fid(predict(net, plain)[0].numpy(), ref))
@@ -147,9 +147,12 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     attack), verify throughput, the guided mark's PSNR against the same-seed unmarked sample, class
     accuracy, the cost of guided sampling and, with fid_seeds, the FID change against the seed spread.
     `other_keys`: how many keys the n other-key marks come from (default n, one mark per key)."""
-    from generator.classifier import predict
-    from generator.evaluate import heldout_reference
-    from watermark.guided import GuidedScheme, decode_logits, decoder_and_center, make_hook, read_logits, require_guided
+    from ddpm_guard.generator.classifier import predict
+    from ddpm_guard.generator.evaluate import heldout_reference
+    from ddpm_guard.watermark.guided.guidance import make_hook
+    from ddpm_guard.watermark.guided.read import decode_logits, decoder_and_center, require_guided
+    from ddpm_guard.watermark.guided.scheme import GuidedScheme
+    from ddpm_guard.watermark.guided.statistic import read_logits
 
     log = log or (lambda s: None)
     scheme = scheme or GuidedScheme()
@@ -169,18 +172,18 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     t0 = time.time()
     guided_small, _ = generate(model, schedule, psnr_n, seed=seed, x0_hook=make_hook(key, payload, scheme, decoder, seed), **kw)
     t_guided = time.time() - t0
-    marked, labels = generate_watermarked(model, schedule, key, payload, n, seed=seed, guided=scheme, decoder=decoder, **kw)
+    spec = MarkSpec(guided=scheme, decoder=decoder)
+    marked, labels = generate_marked(model, schedule, key, payload, n, spec, seed=seed, **kw)
     marked = quantize(marked)
     per = -(-n // len(others_keys))  # marks per key; key i's marks are images i, i + n_keys, ... of one batch
     ring = (others_keys * per)[:n]
-    others = quantize(generate_under_keys(model, schedule, ring, payload, seed=seed + 1, guided=scheme, decoder=decoder,
-                                          **kw)[0])
+    others = quantize(generate_under_keys(model, schedule, ring, payload, spec, seed=seed + 1, **kw)[0])
     held = load_dataset("mnist5k", "heldout").images
     unmarked = quantize(generate(model, schedule, max(0, n_negative - len(held)), seed=seed + 2, **kw)[0])
     net, _ = heldout_reference()
     dec, cal = decoder_and_center(decoder)
     report: dict = {"n": n, "alpha": alpha, "steps": steps, "scheme": dict(scheme.__dict__),
-                    "statistic": scheme.statistic or cal.statistic, "read_views": list(getattr(dec, "views", ("id",))),
+                    "statistic": "soft", "read_views": list(getattr(dec, "views", ("id",))),
                     "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                     "n_negative": {"real": len(held), "unmarked": len(unmarked), "other_key": n,
                                    "other_keys": len(others_keys)},
@@ -203,19 +206,6 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
         n_dec += sum(len(v) for v in sets.values())
         reads = {k: read_logits(v, cal, key, scheme) for k, v in logits.items()}
         p = {k: np.array([r.p_value for r in v]) for k, v in reads.items()}
-        alt = {}  # the other zero-bit statistic on the same logits, for the record
-        variants = [(stat, cal, stat) for stat in ("binomial", "sign", "sign-max", "soft")
-                    if stat != (scheme.statistic or cal.statistic) and (stat != "soft" or cal.soft_cov is not None)]
-        if cal.energy_split is not None and (scheme.statistic or cal.statistic) == "soft":
-            # the soft test as it was before the energy split: the larger null for every image
-            variants.append(("soft-no-split", replace(cal, energy_split=None), "soft"))
-        for label, cal_v, stat in variants:
-            ra = {k: read_logits(v, cal_v, key, replace(scheme, statistic=stat)) for k, v in logits.items()}
-            pa = {k: np.array([r.p_value for r in v]) for k, v in ra.items()}
-            alt[label] = {"tpr_at_alpha": float((pa["marked"] < alpha).mean()),
-                          "fpr_at_alpha": {k: float((pa[k] < alpha).mean()) for k in neg_p},
-                          "bit_accuracy": float(np.mean(payload_bit_accuracies(
-                              [r.decoded_payload for r in ra["marked"]], payload)))}
         for k in neg_p:
             neg_p[k].append(p[k])
         neg = -np.log10(np.concatenate([p[k] for k in neg_p]))
@@ -226,7 +216,7 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
             "fpr_at_alpha": {k: float((p[k] < alpha).mean()) for k in neg_p},
             "bit_accuracy": float(np.mean(acc)),
             "payload_exact": float(np.mean([r.payload == f"{payload:08x}" for r in reads["marked"]])),
-            "held_out_attack": name in HELD_OUT_ATTACKS, "other_statistic": alt}
+            "held_out_attack": name in HELD_OUT_ATTACKS}
         log(f"{name}: {report['attacks'][name]}")
     head = [a for a in HEADLINE if a in report["attacks"]]
     if head:
@@ -237,8 +227,8 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     report["fpr_at_alpha_all_conditions"]["n"] = int(sum(len(v) for v in allp.values()))
     report["verify_images_per_second"] = n_dec / t_dec
     if fid_seeds:
-        report["fid"] = fid_change(model, schedule, key, payload, n=n, seeds=fid_seeds, seed=seed, log=log,
-                                   guided=scheme, decoder=decoder, **kw)
+        report["fid"] = fid_change(model, schedule, key, payload, n=n, seeds=fid_seeds, spec=spec, seed=seed, log=log,
+                                   **kw)
     return report
 
 
@@ -248,8 +238,8 @@ def evaluate(key_file: str, *, checkpoint: str | None = None, guided: bool = Fal
     """`watermark eval`: the x_T mark read by inversion (`evaluate_watermark`; also whenever the rotation search
     is asked for), or with `guided` the guided mark read without inversion (`evaluate_guided`, which refuses a
     model the decoder cannot read)."""
-    from generator.checkpoint import load_model
-    from watermark.keys import load_key
+    from ddpm_guard.generator.checkpoint import load_model
+    from ddpm_guard.watermark.keys import load_key
 
     key = load_key(key_file)
     model, schedule, _ = load_model(checkpoint)

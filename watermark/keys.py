@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from generator.errors import GuardError
+from ddpm_guard.generator.errors import GuardError
 
 HEADER = "ddpm-guard-watermark-key-v1"
 KEY_BYTES = 32

@@ -10,6 +10,6 @@ in report.json, report.csv and a self-contained report.html.
   report.py   summary, duplicate groups, JSON/CSV/HTML
 """
 
-from api.audit.local import run_audit
+from ddpm_guard.api.audit.local import run_audit
 
 __all__ = ["run_audit"]

@@ -14,7 +14,7 @@ import io
 import numpy as np
 import torch
 
-from api.scan import Scanner, scan_items
+from ddpm_guard.api.scan import Scanner, scan_items
 
 COLUMNS = ("path", "verdict", "p_synthetic", "threshold", "edit", "in_domain", "watermark_detected", "watermark_p", "c2pa_status",
            "digital_source_type", "account", "sha256", "bytes", "format", "width", "height", "phash",
@@ -57,7 +57,7 @@ def flatten(row: dict, nbytes: int | None) -> dict:
 def score_batch(items: list[tuple[str, bytes | None, str | None]], scanner: Scanner | None,
                 training: torch.Tensor | None = None) -> list[dict]:
     """Flat rows for a batch. `scanner` may be None only when every item already carries an error."""
-    from generator.image_io import stack_fitted, to_tensor
+    from ddpm_guard.generator.image_io import stack_fitted, to_tensor
 
     images: dict = {}
     rows = [flatten(r, None if data is None else len(data))
@@ -67,7 +67,7 @@ def score_batch(items: list[tuple[str, bytes | None, str | None]], scanner: Scan
         rows[i]["phash"] = phash(img)
         decoded.append((rows[i], img))
     if training is not None and decoded:
-        from generator.metrics import memorization
+        from ddpm_guard.generator.metrics import memorization
 
         shape = tuple(training.shape[1:])
         x = stack_fitted([to_tensor(img) for _, img in decoded], shape)
@@ -80,7 +80,7 @@ def score_batch(items: list[tuple[str, bytes | None, str | None]], scanner: Scan
 def thumbnail_png(data: bytes, size: int = 96) -> bytes:
     from PIL import Image
 
-    from generator.image_io import decode_image
+    from ddpm_guard.generator.image_io import decode_image
 
     img = decode_image(data)
     img = img.resize((size, size * img.height // max(1, img.width)), Image.Resampling.NEAREST if img.width < size else Image.Resampling.LANCZOS)
@@ -103,27 +103,27 @@ class ScanSpec:
         self.threads = threads  # torch threads in the process that builds it (None: leave as is)
 
     def build(self) -> tuple[Scanner, torch.Tensor | None]:
-        from api.runtime import load_key_ring
-        from detector.predict import load_detector
+        from ddpm_guard.api.runtime import load_key_ring
+        from ddpm_guard.detector.predict import load_detector
 
         if self.threads:
             torch.set_num_threads(self.threads)
         keys = load_key_ring(None, self.key_files)
         model = schedule = None
         if keys:
-            from generator.checkpoint import load_model
+            from ddpm_guard.generator.checkpoint import load_model
 
             model, schedule, _ = load_model(self.checkpoint, device=self.device)
         account_name = None
         if self.db_url:
-            from api.store import Store
+            from ddpm_guard.api.store import Store
 
             account_name = Store(self.db_url).account_name
         scanner = Scanner(load_detector(self.detector, device=self.device), model, schedule, keys, self.trust_anchors,
                           self.alpha, account_name, self.decoder)
         training = None
         if self.training:
-            from generator.data import load_dataset
+            from ddpm_guard.generator.data import load_dataset
 
             training = load_dataset(self.training, "train").images
         return scanner, training

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from generator.errors import GuardError
-from api.audit.engine import ScanSpec, score_batch
-from api.audit.journal import Journal
-from api.audit.report import duplicate_groups, summarize, write_reports
-from api.audit.sources import Entry, iter_entries
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.api.audit.engine import ScanSpec, score_batch
+from ddpm_guard.api.audit.journal import Journal
+from ddpm_guard.api.audit.report import duplicate_groups, summarize, write_reports
+from ddpm_guard.api.audit.sources import Entry, iter_entries
 
 JOURNAL = "journal.jsonl"
 STATE = "audit.json"
@@ -116,7 +116,7 @@ def run_audit(source: str | os.PathLike, out: str | os.PathLike, spec: ScanSpec 
     if scanner is not None:
         det = scanner.detector
     else:
-        from detector.predict import load_detector
+        from ddpm_guard.detector.predict import load_detector
 
         det = load_detector(spec.detector, device="cpu")
     summary = summarize(rows, groups, det.threshold, {"input": label or str(source), "engine": engine,
@@ -130,7 +130,7 @@ def _run_ray(entries: list[Entry], done: dict, spec: ScanSpec, record, *, batch:
              address: str | None, source: Path, chunk: int = 4096) -> None:
     """Folder files go to Ray by path (read_binary_files); archive members and unreadable files by value,
     in chunks, so the driver holds at most `chunk` members' bytes at once."""
-    from api.audit.ray_engine import RayScorer
+    from ddpm_guard.api.audit.ray_engine import RayScorer
 
     from_archive = source.is_file()
     scorer = RayScorer(spec, workers=workers, address=address, batch=batch)

@@ -17,8 +17,8 @@ import os
 import numpy as np
 import torch
 
-from generator.errors import GuardError
-from api.audit.engine import ScanSpec, score_batch
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.api.audit.engine import ScanSpec, score_batch
 
 OBJECT_STORE_BYTES = 256 * 1024**2
 

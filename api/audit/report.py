@@ -19,8 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from generator.fsutil import atomic_write, atomic_write_bytes
-from api.audit.engine import COLUMNS
+from ddpm_guard.generator.fsutil import atomic_write, atomic_write_bytes
+from ddpm_guard.api.audit.engine import COLUMNS
 
 # pHash bits that may differ for "near duplicate". Measured (bench/audit/phash_threshold.py, BENCHMARKS.md):
 # every hash has 31 of 63 bits set, so distances are even; 0 bits catches 56-95 % of re-saved copies of MNIST
@@ -139,7 +139,7 @@ def _histogram_png(rows: list[dict], threshold: float | None, routed: dict[str, 
 
 def render_html(rows: list[dict], summary: dict, groups: list[list[int]], read: Callable[[str], bytes | None],
                 top: int = 24) -> str:
-    from api.audit.engine import thumbnail_png
+    from ddpm_guard.api.audit.engine import thumbnail_png
 
     e = html.escape
     order = {"watermarked-ours": 0, "signed-synthetic": 1, "synthetic": 2}

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from generator.errors import GuardError
-from generator.image_io import IMAGE_SUFFIXES, MAX_BYTES, read_bytes
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import IMAGE_SUFFIXES, MAX_BYTES, read_bytes
 
 MAX_TOTAL_BYTES = 64 * 1024**3  # an archive's members together (uncompressed)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from api.cli import apps, detect, generate, keys, scan, serve, watermark, weights
-from generator.errors import GuardError
+from ddpm_guard.api.cli import apps, detect, generate, keys, scan, serve, watermark, weights
+from ddpm_guard.generator.errors import GuardError
 
 # the order of `ddpm-guard --help`
 GROUPS = (generate, keys, scan, serve, watermark, apps, detect, weights)

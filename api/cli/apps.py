@@ -7,19 +7,19 @@ import json
 import sys
 from pathlib import Path
 
-from api.cli.common import add_json, add_marking, add_out, add_precision, marking_args, nonnegative_int, positive_int
-from generator.errors import GuardError
+from ddpm_guard.api.cli.common import add_json, add_marking, add_out, add_precision, marking_args, nonnegative_int, positive_int
+from ddpm_guard.generator.errors import GuardError
 
 
 def _run(a: argparse.Namespace, app: str, extra: dict, default_checkpoint=None, **kw) -> int:
     """What every application command does: its inputs checked before any sampling (the model, the input image
     through the safe decoder, the marking and the signer), one `api.usecases.apply`, then one PNG at --out
     (atomic), signed as an AI edit with --sign, and one line (or JSON) out."""
-    from api import usecases
-    from api.apps import MASKS, Marking, is_gray
-    from generator.checkpoint import load_model
-    from generator.fsutil import atomic_write_bytes
-    from generator.image_io import encode_png, load_image
+    from ddpm_guard.api import usecases
+    from ddpm_guard.api.apps import MASKS, Marking, is_gray
+    from ddpm_guard.generator.checkpoint import load_model
+    from ddpm_guard.generator.fsutil import atomic_write_bytes
+    from ddpm_guard.generator.image_io import encode_png, load_image
 
     key, payload, signer = marking_args(a)
     if Path(a.out).is_dir():
@@ -62,13 +62,13 @@ def cmd_inpaint(a: argparse.Namespace) -> int:
 
 
 def cmd_colorize(a: argparse.Namespace) -> int:
-    from generator.checkpoint import BUNDLED_COLOR
+    from ddpm_guard.generator.checkpoint import BUNDLED_COLOR
 
     return _run(a, "colorize", {}, BUNDLED_COLOR, samples=a.samples)
 
 
 def _app_parser(sub, name: str, help_: str, checkpoint_help: str) -> argparse.ArgumentParser:
-    from api.apps import DEFAULT_ETA, DEFAULT_STEPS
+    from ddpm_guard.api.apps import DEFAULT_ETA, DEFAULT_STEPS
 
     ap = sub.add_parser(name, help=help_)
     ap.add_argument("--image", required=True, help="input image (PNG, JPEG, WebP ...)")

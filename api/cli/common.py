@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from generator.errors import GuardError
+from ddpm_guard.generator.errors import GuardError
 
 
 def int_at_least(lo: int):
@@ -104,14 +104,14 @@ def marking_args(a: argparse.Namespace):
     sampling, so a missing key or signer is refused before minutes of work, not after."""
     key = payload = signer = None
     if a.watermark_key:
-        from watermark.embed import parse_payload
-        from watermark.keys import load_key
+        from ddpm_guard.watermark.marking import parse_payload
+        from ddpm_guard.watermark.keys import load_key
 
         key, payload = load_key(a.watermark_key), parse_payload(a.payload)
     elif a.payload is not None:
         raise GuardError("--payload needs --watermark-key")
     if a.sign:
-        from provenance.c2pa import load_signer
+        from ddpm_guard.provenance.c2pa import load_signer
 
         signer = load_signer(a.sign)
     return key, payload, signer
@@ -119,7 +119,7 @@ def marking_args(a: argparse.Namespace):
 
 def scan_settings(a: argparse.Namespace):
     """The settings of a scan or an audit: the service home's, overridden by the command's options."""
-    from api.settings import load_settings
+    from ddpm_guard.api.settings import load_settings
 
     return load_settings(a.home, alpha=a.alpha, detector=a.detector, trust_anchors=a.trust_anchor or None,
                          watermark_decoder=a.watermark_decoder)
@@ -127,7 +127,7 @@ def scan_settings(a: argparse.Namespace):
 
 def fake_cache(a: argparse.Namespace) -> Path:
     """The fakes' cache folder, made now, so that a bad path fails before minutes of sampling, not after."""
-    from detector.train import FAKE_CACHE
+    from ddpm_guard.detector.train import FAKE_CACHE
 
     path = a.fake_cache or FAKE_CACHE
     try:
@@ -151,7 +151,7 @@ def stderr_log(s: str) -> None:
 def emit_report(report: dict, a: argparse.Namespace, name: str) -> int:
     """An eval command's report: saved as --out/NAME when --out is given, printed as JSON."""
     if a.out:
-        from generator.checkpoint import save_json
+        from ddpm_guard.generator.checkpoint import save_json
 
         save_json(report, Path(a.out) / name)
     print(json.dumps(report) if a.json else json.dumps(report, indent=2))

@@ -6,16 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
-from api.cli.common import (add_fake_cache, add_json, add_out, emit_report, exit_status, fake_cache, nonnegative_int,
+from ddpm_guard.api.cli.common import (add_fake_cache, add_json, add_out, emit_report, exit_status, fake_cache, nonnegative_int,
                             positive_int, print_rows, progress_log, stderr_log)
-from generator.errors import GuardError
+from ddpm_guard.generator.errors import GuardError
 
 NO_EXPERTS_HELP = ("the network judges every file: no edit expert (a tree ensemble on the stroke statistics that "
                    "judges the files the router thinks were JPEG'd, blurred, resized or noised)")
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from api.demo import DEMO_PAYLOAD, run_demo
+    from ddpm_guard.api.demo import DEMO_PAYLOAD, run_demo
 
     rows = run_demo(a.out)
     print(f"demo key: {Path(a.out) / 'demo.key'} (mode 0600); watermarked digits carry payload {DEMO_PAYLOAD}")
@@ -24,7 +24,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_detect(a: argparse.Namespace) -> int:
-    from detector.predict import detect_files, load_detector
+    from ddpm_guard.detector.predict import detect_files, load_detector
 
     rows = detect_files(a.paths, load_detector(a.detector), zero_shot=a.zero_shot, progress=not a.json)
     if a.json:
@@ -44,9 +44,9 @@ def _calibration_summary(det, out: str) -> dict:
 
 
 def cmd_detector_train(a: argparse.Namespace) -> int:
-    from detector.model import DetectorConfig
-    from detector.sources import training_sources
-    from detector.train import fit_detector
+    from ddpm_guard.detector.model import DetectorConfig
+    from ddpm_guard.detector.sources import training_sources
+    from ddpm_guard.detector.train import fit_detector
 
     families = training_sources(a.fake_generator, a.fake, a.real, a.out)
     cfg = DetectorConfig(input=a.input, background_floor=a.background_floor, stats=not a.no_stats)
@@ -59,9 +59,9 @@ def cmd_detector_train(a: argparse.Namespace) -> int:
 
 
 def cmd_detector_calibrate(a: argparse.Namespace) -> int:
-    from detector.predict import load_detector
-    from detector.sources import training_sources
-    from detector.train import recalibrate
+    from ddpm_guard.detector.predict import load_detector
+    from ddpm_guard.detector.sources import training_sources
+    from ddpm_guard.detector.train import recalibrate
 
     out = a.out or a.detector
     if out is None:
@@ -76,9 +76,9 @@ def cmd_detector_calibrate(a: argparse.Namespace) -> int:
 
 
 def cmd_detector_eval(a: argparse.Namespace) -> int:
-    from detector.evaluate import evaluate_detector
-    from detector.predict import load_detector
-    from detector.sources import families, parse_generator, trained_families
+    from ddpm_guard.detector.evaluate import evaluate_detector
+    from ddpm_guard.detector.predict import load_detector
+    from ddpm_guard.detector.sources import families, parse_generator, trained_families
 
     det = load_detector(a.detector)
     fams = families(a.fake_generator, a.fake, default_bundled=False) or trained_families(det.meta)

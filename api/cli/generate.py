@@ -7,16 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from api.cli.common import (add_json, add_marking, add_out, add_precision, emit_report, marking_args,
+from ddpm_guard.api.cli.common import (add_json, add_marking, add_out, add_precision, emit_report, marking_args,
                             nonnegative_float, positive_int, progress_log)
-from generator.errors import GuardError
+from ddpm_guard.generator.errors import GuardError
 
 SAMPLERS = ["ddim", "ddpm", "dpmpp2m", "unipc"]
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from generator.config import DiffusionConfig, TrainConfig, UNetConfig
-    from generator.train import train_run
+    from ddpm_guard.generator.config import DiffusionConfig, TrainConfig, UNetConfig
+    from ddpm_guard.generator.train import train_run
 
     if a.resume:
         last = train_run(a.out, resume=True, max_steps=a.steps, max_minutes=a.max_minutes)
@@ -35,8 +35,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    from api import usecases
-    from generator.pipeline import write_samples
+    from ddpm_guard.api import usecases
+    from ddpm_guard.generator.pipeline import write_samples
 
     key, payload, signer = marking_args(a)
     if a.guided_mark and key is None:
@@ -69,8 +69,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 
 def cmd_eval_gen(a: argparse.Namespace) -> int:
-    from generator.checkpoint import load_model
-    from generator.evaluate import evaluate_generator
+    from ddpm_guard.generator.checkpoint import load_model
+    from ddpm_guard.generator.evaluate import evaluate_generator
 
     model, schedule, _ = load_model(a.checkpoint)
     kw = {} if a.guidance is None else {"guidance": a.guidance}  # else the library's default scale

@@ -6,11 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from api.cli.common import add_out
+from ddpm_guard.api.cli.common import add_out
 
 
 def cmd_keys_new(a: argparse.Namespace) -> int:
-    from watermark.keys import new_key_file
+    from ddpm_guard.watermark.keys import new_key_file
 
     key = new_key_file(a.out)
     print(json.dumps({"key_file": str(a.out), "key_fingerprint": key.fingerprint, "mode": "0600"}))
@@ -18,7 +18,7 @@ def cmd_keys_new(a: argparse.Namespace) -> int:
 
 
 def cmd_keys_new_signer(a: argparse.Namespace) -> int:
-    from provenance.c2pa import new_signer
+    from ddpm_guard.provenance.c2pa import new_signer
 
     new_signer(a.out, a.organization)
     print(json.dumps({"signer": str(a.out), "trust_anchor": str(Path(a.out) / "ca.pem"), "organization": a.organization}))
@@ -26,7 +26,7 @@ def cmd_keys_new_signer(a: argparse.Namespace) -> int:
 
 
 def cmd_keys_new_api(a: argparse.Namespace) -> int:
-    from api.runtime import new_api_key
+    from ddpm_guard.api.runtime import new_api_key
 
     account, key = new_api_key(a.home, a.account)
     print(json.dumps({"account": account.name, "account_id": account.id, "api_key": key}))

@@ -8,13 +8,13 @@ import json
 import sys
 from pathlib import Path
 
-from api.cli.common import (add_json, add_out, add_scan_options, exit_status, positive_int, print_rows,
+from ddpm_guard.api.cli.common import (add_json, add_out, add_scan_options, exit_status, positive_int, print_rows,
                             scan_settings)
 
 
 def cmd_scan(a: argparse.Namespace) -> int:
-    from api.runtime import open_runtime
-    from api.scan import scan_paths
+    from ddpm_guard.api.runtime import open_runtime
+    from ddpm_guard.api.scan import scan_paths
 
     rt = open_runtime(scan_settings(a), extra_keys=a.key, watermark=not a.no_watermark)
     rows = scan_paths(a.paths, rt.scanner, progress=not a.json)
@@ -28,8 +28,8 @@ def cmd_scan(a: argparse.Namespace) -> int:
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
-    from api.audit import run_audit
-    from api.usecases import audit_key_files, audit_spec
+    from ddpm_guard.api.audit import run_audit
+    from ddpm_guard.api.usecases import audit_key_files, audit_spec
 
     settings = scan_settings(a)
     spec = audit_spec(settings, key_files=audit_key_files(settings, a.key, ring=a.watermark), training=a.training_set)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from api.cli.common import int_at_least
+from ddpm_guard.api.cli.common import int_at_least
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.service import create_app
-    from api.settings import load_settings
+    from ddpm_guard.api.service import create_app
+    from ddpm_guard.api.settings import load_settings
 
     app = create_app(load_settings(a.home))
     # no access log: request lines may carry file names, and headers are never worth the risk

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-from api.cli.common import (add_json, add_out, emit_report, exit_status, nonnegative_int, positive_int, print_rows,
+from ddpm_guard.api.cli.common import (add_json, add_out, emit_report, exit_status, nonnegative_int, positive_int, print_rows,
                             progress_log)
 
 
 def cmd_watermark_verify(a: argparse.Namespace) -> int:
-    from watermark.keys import load_key
-    from watermark.verify import verify_files
+    from ddpm_guard.watermark.keys import load_key
+    from ddpm_guard.watermark.verify import verify_files
 
-    rows = verify_files(a.paths, load_key(a.key), checkpoint=a.checkpoint, alpha=a.alpha, steps=a.steps,
+    rows = verify_files(a.paths, {"key": load_key(a.key)}, checkpoint=a.checkpoint, alpha=a.alpha, steps=a.steps,
                         search=a.search, deep=not a.fast, progress=not a.json, decoder=a.decoder)
+    # one key: the row says `watermarked` (this command's column since its first version) and names no key label
+    rows = [r if "error" in r else {"path": r["path"], "watermarked": r["detected"],
+                                    **{k: v for k, v in r.items() if k not in ("path", "detected", "key_label")}}
+            for r in rows]
     print_rows(rows, a.json, ["path", "watermarked", "p_value", "payload", "zero_bit_agreement", "error"])
     return exit_status(rows)
 
 
 def cmd_watermark_eval(a: argparse.Namespace) -> int:
-    from watermark.evaluate import evaluate
+    from ddpm_guard.watermark.evaluate import evaluate
 
     report = evaluate(a.key, checkpoint=a.checkpoint, guided=a.guided, n=a.n, n_negative=a.n_negative, steps=a.steps,
                       alpha=a.alpha, search=a.search, seed=a.seed, fid_seeds=a.fid_seeds, out_dir=a.out,

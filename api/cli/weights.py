@@ -11,12 +11,10 @@ import argparse
 import json
 from dataclasses import fields
 
-from api.cli.common import add_out, positive_int, stderr_log
-from generator.errors import GuardError
+from ddpm_guard.api.cli.common import add_out, positive_int, stderr_log
+from ddpm_guard.generator.errors import GuardError
 
 _ARG_TYPES = {"int": int, "float": float, "str": str}
-# decoder training knobs that no bundled decoder uses (measured, not shipped: BENCHMARKS.md); not offered here
-UNSHIPPED = ("stroke_level", "stroke_ceiling", "dilate_grid", "crop_aspect")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
@@ -34,14 +32,14 @@ def _config(a: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()):
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    from generator.distill import DistillConfig, distill
+    from ddpm_guard.generator.distill import DistillConfig, distill
 
     distill(a.teacher, a.out, _config(a, DistillConfig), log=stderr_log)
     return 0
 
 
 def cmd_family(a: argparse.Namespace) -> int:
-    from detector.families import FamilyConfig, save_family, train_family
+    from ddpm_guard.detector.families import FamilyConfig, save_family, train_family
 
     net = train_family(FamilyConfig(kind=a.kind), steps=a.steps, seed=a.seed, log=stderr_log)
     save_family(net, a.out, {"train": {"command": f"ddpm-guard weights family --kind {a.kind} --out {a.out} "
@@ -52,15 +50,16 @@ def cmd_family(a: argparse.Namespace) -> int:
 
 
 def cmd_decoder_train(a: argparse.Namespace) -> int:
-    from watermark.decoder import DecoderConfig, TrainConfig, train_decoder
+    from ddpm_guard.watermark.guided.nets import DecoderConfig
+    from ddpm_guard.watermark.guided.train import train_decoder, TrainConfig
 
     dcfg = DecoderConfig(bits=a.bits, width=a.width, canonical=bool(a.canonical))
-    train_decoder(a.out, _config(a, TrainConfig, UNSHIPPED), dcfg, log=stderr_log)
+    train_decoder(a.out, _config(a, TrainConfig), dcfg, log=stderr_log)
     return 0
 
 
 def cmd_decoder_views(a: argparse.Namespace) -> int:
-    from watermark.decoder import set_read_views
+    from ddpm_guard.watermark.guided.nets import set_read_views
 
     names = [v.strip() for v in a.views.split(",")]
     try:
@@ -74,7 +73,7 @@ def cmd_decoder_views(a: argparse.Namespace) -> int:
 
 
 def cmd_decoder_reader(a: argparse.Namespace) -> int:
-    from watermark.decoder import set_reader
+    from ddpm_guard.watermark.guided.nets import set_reader
 
     set_reader(a.decoder, None if a.reader == "none" else a.reader)
     print(json.dumps({"decoder": str(a.decoder), "reader": a.reader,
@@ -83,8 +82,8 @@ def cmd_decoder_reader(a: argparse.Namespace) -> int:
 
 
 def cmd_decoder_calibrate(a: argparse.Namespace) -> int:
-    from generator.checkpoint import load_model
-    from watermark.guided import calibrate
+    from ddpm_guard.generator.checkpoint import load_model
+    from ddpm_guard.watermark.guided.calibrate import calibrate
 
     model, schedule, _ = load_model(None)
     cal = calibrate(a.decoder, model, schedule, n_samples=a.n_samples, n_marks=a.n_marks, log=stderr_log)
@@ -93,29 +92,23 @@ def cmd_decoder_calibrate(a: argparse.Namespace) -> int:
 
 
 def cmd_reader_make(a: argparse.Namespace) -> int:
-    from watermark.reader import make_marks
+    from ddpm_guard.watermark.guided.train import make_marks
 
     make_marks(a.n, a.out, seed=a.seed, chunk=a.chunk, start=a.start, decoder=a.decoder, log=stderr_log)
     return 0
 
 
 def cmd_reader_train(a: argparse.Namespace) -> int:
-    from watermark.reader import train_reader
+    from ddpm_guard.watermark.guided.train import train_reader
 
-    weights = None
-    if a.attack_weights:
-        try:
-            weights = {k.strip(): float(v) for k, v in (kv.split("=") for kv in a.attack_weights.split(","))}
-        except ValueError:
-            raise GuardError(f"--attack-weights takes NAME=W pairs, comma-separated; got {a.attack_weights!r}") from None
     info = train_reader(a.marks, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_aspect=a.max_aspect,
-                        seed=a.seed, decoder=a.decoder, attack_weights=weights, log=stderr_log)
+                        seed=a.seed, decoder=a.decoder, log=stderr_log)
     print(json.dumps(info))
     return 0
 
 
 def cmd_classifier(a: argparse.Namespace) -> int:
-    from generator.classifier import BUNDLED_CLASSIFIER, rebuild_classifier
+    from ddpm_guard.generator.classifier import BUNDLED_CLASSIFIER, rebuild_classifier
 
     out = a.out or BUNDLED_CLASSIFIER
     acc = rebuild_classifier(out, log=stderr_log)
@@ -124,7 +117,7 @@ def cmd_classifier(a: argparse.Namespace) -> int:
 
 
 def cmd_prompts(a: argparse.Namespace) -> int:
-    from generator.text import WEIGHTS, fit_prompt_model, save_prompt_model
+    from ddpm_guard.generator.text import WEIGHTS, fit_prompt_model, save_prompt_model
 
     m = fit_prompt_model()
     out = a.out or WEIGHTS
@@ -134,9 +127,10 @@ def cmd_prompts(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from detector.families import KINDS
-    from generator.distill import DistillConfig
-    from watermark.decoder import DecoderConfig, TrainConfig
+    from ddpm_guard.detector.families import KINDS
+    from ddpm_guard.generator.distill import DistillConfig
+    from ddpm_guard.watermark.guided.nets import DecoderConfig
+    from ddpm_guard.watermark.guided.train import TrainConfig
 
     w = sub.add_parser("weights", help="rebuild a bundled weight folder from its seed (students, families, the mark's "
                        "decoder, the classifier, the prompt mapper)").add_subparsers(dest="weights_command", required=True)
@@ -158,7 +152,7 @@ def register(sub) -> None:
                        ).add_subparsers(dest="decoder_command", required=True)
     dt = dec.add_parser("train", help="train the message encoder/decoder pair through the attack layer")
     add_out(dt, "the decoder's folder")
-    add_config_arguments(dt, TrainConfig, UNSHIPPED)
+    add_config_arguments(dt, TrainConfig)
     dt.add_argument("--bits", type=int, default=DecoderConfig.bits)
     dt.add_argument("--width", type=int, default=DecoderConfig.width)
     dt.add_argument("--canonical", type=int, default=1, help="moment normalisation before the CNN (1, the default) or not (0)")
@@ -196,8 +190,6 @@ def register(sub) -> None:
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--max-aspect", type=float, default=4 / 3)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--attack-weights", default=None, metavar="NAME=W,...",
-                   help="relative weights of the attacks in training (1 for those not named), e.g. noise=3")
     for q, fn in ((m, cmd_reader_make), (t, cmd_reader_train)):
         q.add_argument("--decoder", default=None, help="the decoder folder guidance steers (default: the bundled one)")
         q.set_defaults(func=fn)

@@ -10,12 +10,12 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from api.deps import AccountDep, RuntimeDep
-from api.runtime import Runtime
-from api.usecases import apply_for_account, inpaint_mask
-from api.schemas import AppImage
-from generator.errors import GuardError
-from generator.image_io import decode_image, to_tensor
+from ddpm_guard.api.deps import AccountDep, RuntimeDep
+from ddpm_guard.api.runtime import Runtime
+from ddpm_guard.api.usecases import apply_for_account, inpaint_mask
+from ddpm_guard.api.schemas import AppImage
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import decode_image, to_tensor
 
 router = APIRouter(prefix="/v1", tags=["applications"])
 RESPONSES = {200: {"content": {"image/png": {}}}, 400: {}, 401: {}, 413: {}, 429: {}}

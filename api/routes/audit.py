@@ -7,11 +7,11 @@ from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, s
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from api.audit.sources import archive_kind
-from api.audit_jobs import job_dir
-from api.deps import AccountDep, RuntimeDep
-from api.schemas import AuditJob
-from api.store import AuditJobs
+from ddpm_guard.api.audit.sources import archive_kind
+from ddpm_guard.api.audit_jobs import job_dir
+from ddpm_guard.api.deps import AccountDep, RuntimeDep
+from ddpm_guard.api.schemas import AuditJob
+from ddpm_guard.api.store import AuditJobs
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 REPORTS = {"report.html": "text/html", "report.json": "application/json", "report.csv": "text/csv"}

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from api.deps import AccountDep, RuntimeDep
-from api.usecases import generate_for_account, prompt_label
-from api.schemas import GeneratedImage, GenerateRequest, GenerateResponse
+from ddpm_guard.api.deps import AccountDep, RuntimeDep
+from ddpm_guard.api.usecases import generate_for_account, prompt_label
+from ddpm_guard.api.schemas import GeneratedImage, GenerateRequest, GenerateResponse
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 

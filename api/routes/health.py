@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.schemas import Health
+from ddpm_guard.api.schemas import Health
 
 router = APIRouter(tags=["health"])
 

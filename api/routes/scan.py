@@ -4,8 +4,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, HTTPException, Request, UploadFile, status
 
-from api.deps import AccountDep, RuntimeDep
-from api.schemas import ScanResponse
+from ddpm_guard.api.deps import AccountDep, RuntimeDep
+from ddpm_guard.api.schemas import ScanResponse
 
 router = APIRouter(prefix="/v1", tags=["scan"])
 

@@ -23,11 +23,11 @@ import time
 import numpy as np
 import torch
 
-from generator.checkpoint import BUNDLED_COLOR, load_model
-from generator.data import load_dataset, photo_paths
-from generator.image_io import load_image, quantize
-from generator.metrics import psnr_db
-from generator.restore import LUMA, colorize_image, finish, gray
+from ddpm_guard.generator.checkpoint import BUNDLED_COLOR, load_model
+from ddpm_guard.generator.data import load_dataset, photo_paths
+from ddpm_guard.generator.image_io import load_image, quantize
+from ddpm_guard.generator.metrics import psnr_db
+from ddpm_guard.generator.restore import LUMA, colorize_image, finish, gray
 
 
 def luma(x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,7 @@ def main() -> None:
 
 def _photos(model, schedule, baselines, a, report: dict) -> None:
     """The held-out photographs whole: one DDNM run, and the mean of 4 (the `colorize` default)."""
-    from generator.image_io import save_image
+    from ddpm_guard.generator.image_io import save_image
 
     for path in photo_paths("heldout"):
         x = load_image(path, mode="RGB")[None]

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from generator.checkpoint import load_model
-from generator.classifier import load_classifier, predict
-from generator.pipeline import generate
-from generator.text import fit_prompt_model, load_prompt_model, train_captions
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.classifier import load_classifier, predict
+from ddpm_guard.generator.pipeline import generate
+from ddpm_guard.generator.text import fit_prompt_model, load_prompt_model, train_captions
 
 # (prompt, digit): wordings, contexts and numeral forms absent from the training templates
 HELDOUT_DIGITS = [

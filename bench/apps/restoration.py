@@ -26,13 +26,13 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.restoration import inpaint_biharmonic, richardson_lucy, wiener
 
-from api.apps import Marking, built_in_mask
-from generator.checkpoint import load_model
-from generator.classifier import load_classifier, predict
-from generator.data import load_dataset
-from generator.image_io import quantize
-from generator.metrics import fid
-from generator.restore import blur, blur_image, ddnm, downsample, inpaint
+from ddpm_guard.api.apps import built_in_mask
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.classifier import load_classifier, predict
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.image_io import quantize
+from ddpm_guard.generator.metrics import fid
+from ddpm_guard.generator.restore import blur, blur_image, ddnm, downsample, inpaint
 
 SIGMA = 1.5
 
@@ -163,9 +163,9 @@ def main() -> None:
         res["degraded input"] = {"class_accuracy": float((predict(judge, y_file if task != "sr4" else
                                                                   F.interpolate(y_file, scale_factor=4, mode="nearest"))[1].argmax(1) == labels).float().mean())}
         if a.watermark:
-            from watermark.embed import Codec, watermarked_noise
-            from watermark.keys import WatermarkKey
-            from watermark.verify import verify_images
+            from ddpm_guard.watermark.latent.codec import Codec, watermarked_noise
+            from ddpm_guard.watermark.keys import WatermarkKey
+            from ddpm_guard.watermark.verify import verify_images
 
             key = WatermarkKey(bytes(range(32)))
             x_T = watermarked_noise(Codec(key, (1, 28, 28)), 7, len(y), torch.Generator().manual_seed(1))
@@ -173,7 +173,7 @@ def main() -> None:
             if known is not None:
                 out = torch.where(known.bool(), y_file, out)
             v = verify_images(out, {"k": key}, model, schedule, alpha=0.01)
-            res["watermark_detected_at_alpha_0.01"] = sum(r["detected"] for r in v) / len(v)
+            res["watermark_detected_at_alpha_0.01"] = sum(r.detected for r in v) / len(v)
         report["tasks"][task] = res
         print(json.dumps({task: res}), flush=True)
     print(json.dumps(report, indent=1))

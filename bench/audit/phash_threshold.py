@@ -14,15 +14,15 @@ import json
 import numpy as np
 from PIL import Image
 
-from api.audit.engine import phash
+from ddpm_guard.api.audit.engine import phash
 
 
 def dhash(im) -> str:
     """The 64-bit difference hash (Krawetz), measured first and rejected (see api.audit.engine.phash)."""
     small = np.asarray(im.convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
     return f"{int(''.join('1' if b else '0' for b in (small[:, 1:] > small[:, :-1]).reshape(-1)), 2):016x}"
-from generator.data import load_dataset
-from generator.image_io import decode_image, to_uint8
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.image_io import decode_image, to_uint8
 
 
 def bits(a: str, b: str) -> int:

@@ -42,10 +42,10 @@ def make_data(n: int, full: int) -> Path:
 
 
 def _make_full(n: int) -> Path:
-    from generator.checkpoint import load_model
-    from generator.data import load_dataset
-    from generator.image_io import save_image
-    from generator.pipeline import generate
+    from ddpm_guard.generator.checkpoint import load_model
+    from ddpm_guard.generator.data import load_dataset
+    from ddpm_guard.generator.image_io import save_image
+    from ddpm_guard.generator.pipeline import generate
 
     out = CACHE / f"data_{n}"
     if (CACHE / f"data_{n}.complete").exists():
@@ -65,7 +65,7 @@ def _make_full(n: int) -> Path:
 
 def run(data: Path, engine: str, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "api.cli", "audit", str(data), "--out", str(out), "--engine", engine, "--json"]
+    cmd = [sys.executable, "-m", "ddpm_guard.api.cli", "audit", str(data), "--out", str(out), "--engine", engine, "--json"]
     t0 = time.perf_counter()
     p = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = 0

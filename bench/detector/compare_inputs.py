@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from detector.model import INPUTS, DetectorConfig
-from detector.sources import parse_generator
-from detector.train import FAKE_CACHE, gather, leave_one_out
+from ddpm_guard.detector.model import INPUTS, DetectorConfig
+from ddpm_guard.detector.sources import parse_generator
+from ddpm_guard.detector.train import FAKE_CACHE, gather, leave_one_out
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--epochs", type=int, default=20)

@@ -24,14 +24,14 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from detector import domain
-from detector.data import CALIBRATION_PERTURBATIONS, perturb_for_calibration
-from detector.domain import DomainScore
-from detector.evaluate import PERTURBATIONS
-from detector.predict import load_detector
-from detector.sources import parse_generator
-from detector.train import FAKE_CACHE, gather
-from generator.image_io import to_tensor
+from ddpm_guard.detector import domain
+from ddpm_guard.detector.data import CALIBRATION_PERTURBATIONS, perturb_for_calibration
+from ddpm_guard.detector.domain import DomainScore
+from ddpm_guard.detector.evaluate import PERTURBATIONS
+from ddpm_guard.detector.predict import load_detector
+from ddpm_guard.detector.sources import parse_generator
+from ddpm_guard.detector.train import FAKE_CACHE, gather
+from ddpm_guard.generator.image_io import to_tensor
 from loo_common import FAMILIES
 
 

@@ -13,11 +13,11 @@ import sys
 
 import torch
 
-from detector.data import real_split
-from detector.evaluate import PERTURBATIONS, edit_pair
-from detector.predict import load_detector
-from detector.sources import family_fakes, parse_generator
-from detector.train import FAKE_CACHE
+from ddpm_guard.detector.data import real_split
+from ddpm_guard.detector.evaluate import PERTURBATIONS, edit_pair
+from ddpm_guard.detector.predict import load_detector
+from ddpm_guard.detector.sources import family_fakes, parse_generator
+from ddpm_guard.detector.train import FAKE_CACHE
 
 det = load_detector(sys.argv[1] if len(sys.argv) > 1 else None, device="cpu")
 if det.router is None:

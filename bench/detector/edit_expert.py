@@ -19,19 +19,18 @@ detector's config.json, "leave_one_out").
 import json
 import sys
 
-import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from detector.evaluate import PERTURBATIONS
-from detector.experts import TreeEnsemble, expert_features, labelled
-from detector.predict import load_detector
-from detector.sources import parse_generator
-from detector.stats import N_STATS
-from detector.train import EXPERT_EDITS, FAKE_CACHE, expert_training_set, gather
+from ddpm_guard.detector.evaluate import PERTURBATIONS
+from ddpm_guard.detector.experts import TreeEnsemble, expert_features, labelled
+from ddpm_guard.detector.predict import load_detector
+from ddpm_guard.detector.sources import parse_generator
+from ddpm_guard.detector.stats import N_STATS
+from ddpm_guard.detector.train import EXPERT_EDITS, FAKE_CACHE, expert_training_set, gather
 from loo_common import FAMILIES, auc
 
 TESTS = {"jpeg": ("jpeg75", "jpeg50"), "blur": ("blur1",), "resize": ("resize0.5",), "noise": ("noise0.05",)}

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from detector.predict import load_detector
+from ddpm_guard.detector.predict import load_detector
 
 
 def main() -> None:

@@ -7,10 +7,10 @@ import time
 
 import torch
 
-from detector.data import real_split
-from detector.predict import load_detector
-from detector.stats import branch_statistics, stroke_statistics
-from generator.perturb import median_filter
+from ddpm_guard.detector.data import real_split
+from ddpm_guard.detector.predict import load_detector
+from ddpm_guard.detector.stats import branch_statistics, stroke_statistics
+from ddpm_guard.generator.perturb import median_filter
 
 torch.set_num_threads(2)
 x = real_split("heldout")[:256]

@@ -20,15 +20,15 @@ import torch
 
 
 def main() -> None:
-    from api.audit import run_audit
-    from api.audit.engine import ScanSpec
-    from api.scan import Scanner, read_items, scan_items
-    from detector.predict import load_detector
-    from generator.checkpoint import load_model
-    from generator.image_io import save_image
-    from generator.pipeline import generate
-    from watermark.embed import generate_watermarked
-    from watermark.keys import new_key_file
+    from ddpm_guard.api.audit import run_audit
+    from ddpm_guard.api.audit.engine import ScanSpec
+    from ddpm_guard.api.scan import Scanner, read_items, scan_items
+    from ddpm_guard.detector.predict import load_detector
+    from ddpm_guard.generator.checkpoint import load_model
+    from ddpm_guard.generator.image_io import save_image
+    from ddpm_guard.generator.pipeline import generate
+    from ddpm_guard.watermark.marking import generate_marked
+    from ddpm_guard.watermark.keys import new_key_file
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -40,7 +40,7 @@ def main() -> None:
     key = new_key_file(tmp / "k.key")
     model, schedule, _ = load_model()
     report["model_device"] = str(next(model.parameters()).device)
-    wm, _ = generate_watermarked(model, schedule, key, 42, 16, seed=1)
+    wm, _ = generate_marked(model, schedule, key, 42, 16, seed=1)
     plain, _ = generate(model, schedule, a.n, steps=10, seed=2)
     for i, x in enumerate(wm):
         save_image(x, tmp / "data" / "wm" / f"w{i:02d}.png")

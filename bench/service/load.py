@@ -42,10 +42,10 @@ def _rss_kb(pid: int) -> int:
 
 def _payloads(n: int = 64) -> list[bytes]:
     """Real held-out digits and bundled-model samples, as PNG bytes (what a moderator uploads)."""
-    from generator.checkpoint import load_model
-    from generator.data import load_dataset
-    from generator.image_io import encode_png
-    from generator.pipeline import generate
+    from ddpm_guard.generator.checkpoint import load_model
+    from ddpm_guard.generator.data import load_dataset
+    from ddpm_guard.generator.image_io import encode_png
+    from ddpm_guard.generator.pipeline import generate
 
     held = load_dataset("mnist5k", "heldout")
     real = [encode_png(held.images[i]) for i in range(0, len(held), len(held) // (n // 2))][: n // 2]
@@ -97,7 +97,7 @@ async def _load(url: str, key: str, files: list[bytes], clients: int, seconds: f
 def run_server(home: str, window_ms: float, port: int) -> subprocess.Popen:
     env = dict(os.environ, DDPM_GUARD_HOME=home, DDPM_GUARD_BATCH_WINDOW_MS=str(window_ms),
                DDPM_GUARD_RATE_LIMIT_PER_MINUTE="0")
-    p = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=env,
+    p = subprocess.Popen([sys.executable, "-m", "ddpm_guard.api.cli", "serve", "--port", str(port)], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(600):
         try:
@@ -124,7 +124,7 @@ def main() -> None:
                           "python": platform.python_version(), "torch": torch.__version__},
               "clients": a.clients, "seconds": a.seconds, "runs": {}}
     with tempfile.TemporaryDirectory() as home:
-        from api.cli import main as cli
+        from ddpm_guard.api.cli import main as cli
 
         buf = io.StringIO()
         from contextlib import redirect_stdout

@@ -20,13 +20,13 @@ import torch
 
 
 def main() -> None:
-    from generator.checkpoint import load_model
-    from generator.data import load_dataset
-    from generator.image_io import quantize
-    from generator.pipeline import generate
-    from watermark.embed import generate_watermarked
-    from watermark.keys import new_key_file
-    from watermark.verify import verify_images
+    from ddpm_guard.generator.checkpoint import load_model
+    from ddpm_guard.generator.data import load_dataset
+    from ddpm_guard.generator.image_io import quantize
+    from ddpm_guard.generator.pipeline import generate
+    from ddpm_guard.watermark.marking import generate_marked
+    from ddpm_guard.watermark.keys import new_key_file
+    from ddpm_guard.watermark.verify import verify_images
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200)
@@ -36,13 +36,13 @@ def main() -> None:
     a = ap.parse_args()
     key = new_key_file(Path(tempfile.mkdtemp()) / "k.key")
     model, schedule, _ = load_model()
-    wm, _ = generate_watermarked(model, schedule, key, 0x2A, a.n, seed=5)
+    wm, _ = generate_marked(model, schedule, key, 0x2A, a.n, seed=5)
     half = a.n_negative // 2
     plain, _ = generate(model, schedule, half, seed=6)
     real = load_dataset("mnist5k", "heldout").images[: a.n_negative - half]
 
     def pvals(x: torch.Tensor) -> np.ndarray:
-        return np.array([v["p_value"] for v in verify_images(quantize(x), {"k": key}, model, schedule, alpha=0.5)])
+        return np.array([v.p_value for v in verify_images(quantize(x), {"k": key}, model, schedule, alpha=0.5)])
 
     p_pos, p_neg = pvals(wm), pvals(torch.cat([plain, real]))
     report = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "n": a.n, "n_negative": len(p_neg),

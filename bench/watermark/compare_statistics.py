@@ -18,15 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator.checkpoint import load_model
-from generator.data import load_dataset
-from generator.image_io import quantize
-from generator.samplers import ddim_invert
-from watermark.attacks import ATTACKS, TREE_RING_SIX
-from watermark.detect import read_latent, sidak
-from watermark.embed import Codec, Scheme, generate_watermarked
-from watermark.evaluate import tpr_at_fpr
-from watermark.keys import WatermarkKey
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.image_io import quantize
+from ddpm_guard.generator.samplers import ddim_invert
+from ddpm_guard.watermark.attacks import ATTACKS, TREE_RING_SIX
+from ddpm_guard.watermark.latent.read import read_latent
+from ddpm_guard.watermark.pvalues import sidak
+from ddpm_guard.watermark.latent.codec import Codec, Scheme
+from ddpm_guard.watermark.marking import generate_marked
+from ddpm_guard.watermark.evaluate import tpr_at_fpr
+from ddpm_guard.watermark.keys import WatermarkKey
 
 PAYLOAD = 0xC0FFEE42
 
@@ -64,7 +66,7 @@ def main():
     if f.exists():
         wm = torch.load(f)
     else:
-        wm = quantize(generate_watermarked(model, sched, key, PAYLOAD, a.n, seed=0)[0])
+        wm = quantize(generate_marked(model, sched, key, PAYLOAD, a.n, seed=0)[0])
         torch.save(wm, f)
     truth = np.unpackbits(np.frombuffer(PAYLOAD.to_bytes(4, "big"), dtype=np.uint8))
     g = torch.Generator().manual_seed(2)

@@ -12,11 +12,11 @@ import argparse
 import json
 from dataclasses import fields
 
-from generator.checkpoint import load_model
-from generator.config import add_config_arguments
-from watermark.evaluate import evaluate_guided
-from watermark.guided import GuidedScheme
-from watermark.keys import WatermarkKey
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.config import add_config_arguments
+from ddpm_guard.watermark.evaluate import evaluate_guided
+from ddpm_guard.watermark.guided.scheme import GuidedScheme
+from ddpm_guard.watermark.keys import WatermarkKey
 
 
 def main() -> None:

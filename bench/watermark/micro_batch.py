@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from generator.checkpoint import load_model
-from generator.microbatch import in_fixed_batches
-from generator.samplers import ddim_invert
-from watermark.guided import decode_logits, decoder_and_center
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.microbatch import in_fixed_batches
+from ddpm_guard.generator.samplers import ddim_invert
+from ddpm_guard.watermark.guided.read import decode_logits, decoder_and_center
 
 
 def rate(fn, x, size: int, reps: int = 2) -> tuple[float, float]:

@@ -15,15 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from generator.checkpoint import load_model
-from generator.classifier import load_classifier, predict
-from generator.data import load_dataset
-from generator.image_io import quantize
-from generator.metrics import fid
-from generator.samplers import ddim_invert
-from watermark.detect import read_latent, sidak
-from watermark.embed import Codec, Scheme, generate_watermarked
-from watermark.evaluate import tpr_at_fpr
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.classifier import load_classifier, predict
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.image_io import quantize
+from ddpm_guard.generator.metrics import fid
+from ddpm_guard.generator.samplers import ddim_invert
+from ddpm_guard.watermark.latent.read import read_latent
+from ddpm_guard.watermark.pvalues import sidak
+from ddpm_guard.watermark.latent.codec import Codec, Scheme
+from ddpm_guard.watermark.marking import MarkSpec, generate_marked
+from ddpm_guard.watermark.evaluate import tpr_at_fpr
 
 from compare_statistics import PAYLOAD, bench_key, latents  # same folder: the shared bench key and latent cache
 
@@ -45,7 +47,7 @@ def main():
     for nb in a.nonce_bits:
         scheme = Scheme(nonce_bits=nb)
         codec = Codec(key, (1, 28, 28), scheme)
-        wm = quantize(generate_watermarked(model, sched, key, PAYLOAD, a.n, scheme=scheme, seed=0)[0])
+        wm = quantize(generate_marked(model, sched, key, PAYLOAD, a.n, MarkSpec(latent=scheme), seed=0)[0])
         lat = ddim_invert(model, sched, wm, 10)
         m = scheme.num_nonces
         p = np.array([sidak(r.p_value, m) for r in read_latent(codec, lat)])
@@ -54,7 +56,7 @@ def main():
                "tpr_at_1pct_empirical": tpr_at_fpr(-np.log10(pn), -np.log10(p)), "fpr_at_alpha": float((pn < 0.01).mean()),
                "fid_watermarked": {}}
         for s in a.fid_seeds:
-            x = quantize(generate_watermarked(model, sched, key, PAYLOAD, a.fid_n, scheme=scheme, seed=s)[0])
+            x = quantize(generate_marked(model, sched, key, PAYLOAD, a.fid_n, MarkSpec(latent=scheme), seed=s)[0])
             row["fid_watermarked"][s] = fid(predict(net, x)[0].numpy(), ref)
         print(json.dumps(row), flush=True)
 

@@ -25,23 +25,22 @@ import torch
 def make(a) -> None:
     from safetensors.torch import save_file
 
-    from generator.checkpoint import load_model
-    from generator.data import load_dataset
-    from generator.image_io import quantize
-    from generator.pipeline import generate
-    from watermark.embed import generate_watermarked
-    from watermark.guided import GuidedScheme
-    from watermark.keys import WatermarkKey
+    from ddpm_guard.generator.checkpoint import load_model
+    from ddpm_guard.generator.data import load_dataset
+    from ddpm_guard.generator.image_io import quantize
+    from ddpm_guard.generator.pipeline import generate
+    from ddpm_guard.watermark.marking import MarkSpec, generate_marked
+    from ddpm_guard.watermark.guided.scheme import GuidedScheme
+    from ddpm_guard.watermark.keys import WatermarkKey
 
     key = WatermarkKey(bytes([a.key_seed]) * 32)
     model, schedule, _ = load_model(None)
     kw = dict(steps=50, precision="auto")
     scheme = GuidedScheme()
-    marked, _ = generate_watermarked(model, schedule, key, a.payload, a.n, seed=a.seed, guided=scheme, **kw)
+    marked, _ = generate_marked(model, schedule, key, a.payload, a.n, MarkSpec(guided=scheme), seed=a.seed, **kw)
     others_keys = [WatermarkKey(key.stream(f"eval/other-key/{i}", 32)) for i in range(max(1, a.n // 5))]
     per = -(-a.n // len(others_keys))
-    others = torch.cat([generate_watermarked(model, schedule, k, a.payload, per, seed=a.seed + 1 + i, guided=scheme,
-                                             **kw)[0] for i, k in enumerate(others_keys)])[:a.n]
+    others = torch.cat([generate_marked(model, schedule, k, a.payload, per, MarkSpec(guided=scheme), seed=a.seed + 1 + i, **kw)[0] for i, k in enumerate(others_keys)])[:a.n]
     unmarked = generate(model, schedule, a.n_unmarked, seed=a.seed + 2, **kw)[0]
     cal_fake = generate(model, schedule, a.n_cal, seed=1000, **kw)[0]
     sets = {"marked": marked, "other_key": others, "unmarked": unmarked, "cal_fake": cal_fake,
@@ -52,8 +51,8 @@ def make(a) -> None:
 
 def view_fns():
     """The views that ship (watermark.decoder.READ_VIEWS) and ones measured and not shipped."""
-    from generator.perturb import gaussian_blur, median_filter
-    from watermark.decoder import READ_VIEWS, _squeeze, _unbright
+    from ddpm_guard.generator.perturb import gaussian_blur, median_filter
+    from ddpm_guard.watermark.guided.nets import _squeeze, _unbright, READ_VIEWS
 
     def floor(x):  # the dark levels (below 77) set to black
         return torch.where(x < -0.4, -torch.ones_like(x), x)
@@ -65,7 +64,7 @@ def view_fns():
 
 
 def _crop(scale, ratio):
-    from generator.perturb import random_resized_crop
+    from ddpm_guard.generator.perturb import random_resized_crop
     return lambda x, g: random_resized_crop(x, g, scale, ratio)
 
 
@@ -78,12 +77,14 @@ EXTRA = {"crop0.75v": _crop(0.75, 4 / 3), "crop0.75sq": _crop(0.75, 1.0), "crop0
 def read(a) -> None:
     from safetensors.torch import load_file, safe_open
 
-    from generator.image_io import quantize
-    from watermark.attacks import ATTACKS, TREE_RING_SIX
-    from watermark.decoder import attack_layer, load_decoder
-    from watermark.evaluate import HELD_OUT_ATTACKS, _held_out_attack, payload_bit_accuracies
-    from watermark.guided import SOFT_CLIP, Calibration, GuidedScheme, read_logits
-    from watermark.keys import WatermarkKey
+    from ddpm_guard.generator.image_io import quantize
+    from ddpm_guard.watermark.attacks import ATTACKS, TREE_RING_SIX
+    from ddpm_guard.watermark.attacks import attack_layer
+    from ddpm_guard.watermark.guided.nets import load_decoder
+    from ddpm_guard.watermark.evaluate import HELD_OUT_ATTACKS, _held_out_attack, payload_bit_accuracies
+    from ddpm_guard.watermark.guided.scheme import GuidedScheme
+    from ddpm_guard.watermark.guided.statistic import Calibration, read_logits, SOFT_CLIP
+    from ddpm_guard.watermark.keys import WatermarkKey
 
     sets = load_file(a.sets)
     with safe_open(a.sets, "pt") as f:

@@ -18,13 +18,14 @@ import time
 import numpy as np
 import torch
 
-from generator.checkpoint import load_model, save_json
-from generator.data import load_dataset
-from generator.image_io import quantize
-from watermark.detect import verify
-from watermark.embed import Codec, generate_watermarked
-from watermark.evaluate import bit_accuracies, tpr_at_fpr
-from watermark.keys import WatermarkKey
+from ddpm_guard.generator.checkpoint import load_model, save_json
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.image_io import quantize
+from ddpm_guard.watermark.latent.read import verify
+from ddpm_guard.watermark.latent.codec import Codec
+from ddpm_guard.watermark.marking import generate_marked
+from ddpm_guard.watermark.evaluate import bit_accuracies, tpr_at_fpr
+from ddpm_guard.watermark.keys import WatermarkKey
 
 PAYLOAD = 0xC0FFEE42
 
@@ -54,8 +55,7 @@ def main() -> None:
     for name, model, precision, steps in runs:
         t0 = time.time()
         extra = {} if steps is None else {"guidance": a.student_guidance}
-        x, _ = generate_watermarked(model, schedule, key, PAYLOAD, a.n, seed=a.seed, precision=precision, steps=steps,
-                                    **extra)
+        x, _ = generate_marked(model, schedule, key, PAYLOAD, a.n, seed=a.seed, precision=precision, steps=steps, **extra)
         secs = time.time() - t0
         v = verify(quantize(x), codec, teacher, schedule, alpha=0.01, steps=10)
         p = np.array([r.p_value for r in v])

@@ -47,16 +47,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generator.checkpoint import load_model
-from generator.data import load_dataset
-from generator.errors import GuardError
-from generator.image_io import quantize
-from generator.metrics import psnr_db
-from generator.samplers import denoise_from
-from watermark.embed import generate_watermarked
-from watermark.guided import decode_logits, decoder_and_center, read_logits, verify_guided
-from watermark.keys import WatermarkKey
-from watermark.verify import verify_images
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.data import load_dataset
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.generator.image_io import quantize
+from ddpm_guard.generator.metrics import psnr_db
+from ddpm_guard.generator.samplers import denoise_from
+from ddpm_guard.watermark.marking import MarkSpec, generate_marked
+from ddpm_guard.watermark.guided.read import decode_logits, decoder_and_center, verify_guided
+from ddpm_guard.watermark.guided.statistic import read_logits
+from ddpm_guard.watermark.keys import WatermarkKey
+from ddpm_guard.watermark.verify import verify_images
 
 REGEN_MODEL = "bench/detector/generators/ddpm-c"
 PAYLOAD = 0xC0FFEE42
@@ -64,8 +65,8 @@ PARTS = {"averaging", "regeneration", "keys", "copy", "copy-file", "private"}
 
 
 def rates(rows: list[dict]) -> dict:
-    return {"detected": float(np.mean([r["detected"] for r in rows])),
-            "payload_valid": float(np.mean([r["payload_valid"] for r in rows]))}
+    return {"detected": float(np.mean([r.detected for r in rows])),
+            "payload_valid": float(np.mean([r.payload_valid for r in rows]))}
 
 
 def read(x, key, model, schedule, deep_n: int) -> dict:
@@ -134,7 +135,7 @@ def main() -> None:
     key = WatermarkKey(bytes([a.key_seed]) * 32)
     model, schedule, _ = load_model(None, device="cpu")
     kw = dict(steps=50, precision="auto")
-    marked, _ = generate_watermarked(model, schedule, key, PAYLOAD, a.n, seed=a.seed, guided=True, **kw)
+    marked, _ = generate_marked(model, schedule, key, PAYLOAD, a.n, MarkSpec.of(guided=True), seed=a.seed, **kw)
     marked = quantize(marked)
     real = load_dataset("mnist5k", "heldout").images
     g = torch.Generator().manual_seed(a.seed + 1)
@@ -162,8 +163,7 @@ def main() -> None:
 
 def averaging(out, marked, real, key, model, schedule, a, g, log):
     """1. averaging forgery: the mean residual of the marked images added to every held-out real digit"""
-    xt_only = quantize(generate_watermarked(model, schedule, key, PAYLOAD, a.n, seed=a.seed, guided=False,
-                                            steps=50, precision="auto")[0])
+    xt_only = quantize(generate_marked(model, schedule, key, PAYLOAD, a.n, seed=a.seed, steps=50, precision="auto")[0])
     train = load_dataset("mnist5k", "train").images
     public = marked.mean(0) - train[torch.randperm(len(train), generator=g)[:a.n]].mean(0)
     paired = (marked - xt_only).mean(0)
@@ -207,7 +207,7 @@ def other_keys(out, marked, key, model, schedule, a, log):
             valid.append(r.payload_valid)
     deep_det = []
     for k in others[:10]:  # the inversion does not depend on the key, but verify_images runs it per call
-        deep_det += [r["detected"] for r in verify_images(marked[:a.deep_n // 2], {"k": k}, model, schedule,
+        deep_det += [r.detected for r in verify_images(marked[:a.deep_n // 2], {"k": k}, model, schedule,
                                                           deep=True, guided=False)]
     out["other_keys"] = {"keys": len(others), "pairs_fast": len(det), "fast_detected": float(np.mean(det)),
                          "fast_payload_valid": float(np.mean(valid)), "pairs_deep": len(deep_det),
@@ -237,8 +237,7 @@ def private(out, real, key, model, schedule, a, log):
     """5. marks made and read with a decoder the attacker does not hold: the copy attack made with the public
     (bundled) decoder, then, as the white-box control, with the private decoder itself."""
     d = a.private_decoder
-    marked, _ = generate_watermarked(model, schedule, key, PAYLOAD, a.n, seed=a.seed, guided=True, decoder=d,
-                                     steps=50, precision="auto")
+    marked, _ = generate_marked(model, schedule, key, PAYLOAD, a.n, MarkSpec.of(guided=True, decoder=d), seed=a.seed, steps=50, precision="auto")
     marked = quantize(marked)
     reads = verify_guided(marked, key, decoder=d)
     out["private"] = {"decoder": d, "marked_detected": float(np.mean([r.p_value < 0.01 for r in reads])),

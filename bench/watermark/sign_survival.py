@@ -5,11 +5,11 @@
 Dimensions are selected on one half of the samples and evaluated on the other (no selection bias).
 The same is measured in the orthonormal 2-D DCT basis of x_T (the watermark's default chip domain)."""
 import torch, math
-from generator.checkpoint import load_model
-from generator.pipeline import generate
-from generator.samplers import ddim_invert
-from generator.image_io import quantize
-from watermark.embed import dct_matrix
+from ddpm_guard.generator.checkpoint import load_model
+from ddpm_guard.generator.pipeline import generate
+from ddpm_guard.generator.samplers import ddim_invert
+from ddpm_guard.generator.image_io import quantize
+from ddpm_guard.watermark.latent.codec import dct_matrix
 model, sched, _ = load_model()
 n = 64
 xT = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(7))

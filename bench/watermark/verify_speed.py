@@ -15,9 +15,10 @@ import torch
 
 @torch.inference_mode()
 def main() -> None:
-    from generator.data import load_dataset
-    from watermark.guided import decoder_and_center, read_logits
-    from watermark.keys import WatermarkKey
+    from ddpm_guard.generator.data import load_dataset
+    from ddpm_guard.watermark.guided.read import decoder_and_center
+    from ddpm_guard.watermark.guided.statistic import read_logits
+    from ddpm_guard.watermark.keys import WatermarkKey
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=4096)

@@ -25,8 +25,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from generator.errors import GuardError
-from watermark.keys import WatermarkKey
+from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.watermark.keys import WatermarkKey
 
 
 @dataclass(frozen=True)
@@ -135,73 +135,9 @@ def dct_matrix(n: int) -> torch.Tensor:
     return c
 
 
-def parse_payload(text: str | None, scheme: Scheme = Scheme()) -> int:
-    if text is None or text == "":
-        return 0
-    t = text.lower().removeprefix("0x")
-    try:
-        v = int(t, 16)
-    except ValueError:
-        raise GuardError(f"--payload {text!r} is not hexadecimal") from None
-    if v >= 2 ** scheme.payload_bits:
-        raise GuardError(f"--payload {text!r} does not fit in {scheme.payload_bits} bits")
-    return v
-
-
 def watermarked_noise(codec: Codec, payload: int, n: int, generator: torch.Generator) -> torch.Tensor:
     """(n, C, H, W) x_T: |z| times the keyed sign pattern of a random nonce per image."""
     z = torch.randn((n, *codec.shape), generator=generator)
     nonces = torch.randint(0, codec.scheme.num_nonces, (n,), generator=generator)
     signs = torch.stack([codec.signs(payload, int(k)) for k in nonces]).float()
     return codec.to_latent(z.abs() * signs)
-
-
-def _require_deterministic(kw: dict) -> None:
-    if kw.get("sampler", "ddim") != "ddim" or kw.get("eta", 0.0) != 0.0:
-        raise GuardError("watermarked generation needs the deterministic DDIM sampler (--sampler ddim --eta 0)")
-
-
-def generate_watermarked(model: torch.nn.Module, schedule, key: WatermarkKey, payload: int, n: int, *,
-                         scheme: Scheme = Scheme(), seed: int = 0, guided=False, decoder: str | None = None,
-                         **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Generate n watermarked images with deterministic DDIM (eta = 0, so inversion can find x_T).
-
-    The keyed x_T (Gaussian Shading, read by inversion) always; with `guided` (True, or a
-    watermark.guided.GuidedScheme) also the guided codeword (watermark.guided, read without inversion); a
-    model whose images the decoder cannot read is then refused before sampling. Off by default: at the measured strength it survives
-    edits but costs sample quality (BENCHMARKS.md, "Watermark v2"). `decoder`: a decoder folder other
-    than the bundled one."""
-    from generator.pipeline import generate
-    from watermark.guided import GuidedScheme, make_hook, require_guided
-
-    _require_deterministic(kw)
-    cfg = model.config
-    codec = Codec(key, (cfg.in_channels, cfg.image_size, cfg.image_size), scheme)
-    x_T = watermarked_noise(codec, payload, n, torch.Generator().manual_seed(seed))
-    hook = None
-    if guided is not False:
-        require_guided(codec.shape, decoder)
-        hook = make_hook(key, payload, guided if isinstance(guided, GuidedScheme) else GuidedScheme(), decoder, seed)
-    return generate(model, schedule, n, x_T=x_T, seed=seed, x0_hook=hook, **kw)
-
-
-def generate_under_keys(model: torch.nn.Module, schedule, keys: list[WatermarkKey], payload: int, *,
-                        scheme: Scheme = Scheme(), seed: int = 0, guided=True, decoder: str | None = None,
-                        **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One watermarked image per key, all in one sampling batch: image i carries keys[i]'s marks, its x_T
-    drawn as `generate_watermarked(..., n=1, seed=seed + i)` draws it (labels spread over the classes).
-    What evaluating false attributions needs: many keys, one mark each, without one run per key."""
-    from generator.pipeline import generate
-    from watermark.guided import GuidedScheme, codeword, codewords_hook, require_guided
-
-    _require_deterministic(kw)
-    cfg = model.config
-    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    x_T = torch.cat([watermarked_noise(Codec(k, shape, scheme), payload, 1, torch.Generator().manual_seed(seed + i))
-                     for i, k in enumerate(keys)])
-    hook = None
-    if guided is not False:
-        require_guided(shape, decoder)
-        gs = guided if isinstance(guided, GuidedScheme) else GuidedScheme()
-        hook = codewords_hook(torch.stack([codeword(k, payload, gs) for k in keys]), gs, decoder, seed)
-    return generate(model, schedule, len(keys), x_T=x_T, seed=seed, x0_hook=hook, batch_size=len(keys), **kw)
