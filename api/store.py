@@ -1,4 +1,4 @@
-"""Accounts and API keys (and, later, audit jobs): SQLAlchemy, a SQLite file in DDPM_GUARD_HOME by default.
+"""Accounts, API keys and audit jobs: SQLAlchemy, a SQLite file in DDPM_GUARD_HOME by default.
 
 An API key is `dg_<id>_<secret>`: `id` (8 hex) finds the row, the secret is 256 bits from `secrets`.
 Only SHA-256 of the whole key is stored. A slow password hash buys nothing for a 256-bit random

@@ -1,6 +1,5 @@
-"""What the leave-one-family-out benches share (edit_expert.py, expert_views.py, edit_cnn.py, denoiser_residual.py,
-domain_components.py):
-the bundled detector's training families, in the order their random edits are drawn, `detector eval`'s edits
+"""What the leave-one-family-out benches share (edit_expert.py, domain_components.py; at commit 4d984be also the
+rejected designs' expert_views.py, edit_cnn.py and denoiser_residual.py): the bundled detector's training families, in the order their random edits are drawn, `detector eval`'s edits
 scored, and the AUC. Imported as a sibling module (the benches run as `python bench/detector/NAME.py`)."""
 import numpy as np
 from sklearn.metrics import roc_auc_score
