@@ -72,8 +72,8 @@ def require_guided(shape: tuple[int, ...], decoder: str | None = None) -> None:
                      "this shape")
 
 
-# images per decoder call, fixed (generator.microbatch), so a logit never depends on its batch: 32 was the fastest
-# measured (920 images/s against 600 at 64 and 690 at 128; 2-core AVX-512), and one image alone costs 33 ms
+# images per decoder call, fixed (generator.microbatch), so a logit never depends on its batch: 32 is within the
+# measured spread of the fastest size and one image alone costs about 50 ms (BENCHMARKS.md, "Batch invariance")
 DECODE_BATCH = 32
 
 

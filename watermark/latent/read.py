@@ -29,8 +29,8 @@ from ddpm_guard.watermark.latent.codec import Codec
 from ddpm_guard.watermark.pvalues import sidak
 
 
-# images per inversion call, fixed (generator.microbatch): 8 keeps 83 % of the best throughput (19 of 23 images/s,
-# 2-core AVX-512, bundled model, 10 steps) while one image alone pays for 8, not 32 (0.4 s)
+# images per inversion call, fixed (generator.microbatch), so a p-value never depends on the batch: 8 keeps 77-83 % of
+# the best throughput while one image alone pays for 8, not 32 (BENCHMARKS.md, "Batch invariance")
 INVERT_BATCH = 8
 
 
