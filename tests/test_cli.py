@@ -279,3 +279,19 @@ def test_watermark_eval_guided_on_a_model_the_decoder_cannot_read_is_refused(tmp
     r = run("watermark", "eval", "--guided", "--key", str(tmp_path / "k.key"), "--checkpoint", str(BUNDLED_COLOR),
             "--n", "2", "--out", str(tmp_path / "e"))
     assert r.returncode == 2 and "does not read this model's images" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_weights_and_audit_refuse_what_they_cannot_do_before_the_work(tmp_path):
+    """`weights` commands check their output place before training; an audit of a folder with no image writes its
+    (empty) report and says so, exit 2; no traceback anywhere."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for args in (["weights", "family", "--kind", "vae", "--out", str(blocker / "sub"), "--steps", "1"],
+                 ["weights", "reader", "make", "--n", "2", "--out", str(blocker / "m.safetensors")],
+                 ["weights", "classifier", "--out", str(blocker / "c")]):
+        r = run(*args)
+        assert r.returncode == 2 and "cannot" in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    (tmp_path / "empty").mkdir()
+    r = run("audit", str(tmp_path / "empty"), "--out", str(tmp_path / "rep"), "--json")
+    assert r.returncode == 2 and "no image files" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "rep" / "report.json").is_file()

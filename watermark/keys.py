@@ -71,7 +71,10 @@ def new_key_file(path: str | os.PathLike, overwrite: bool = False) -> WatermarkK
         raise GuardError(f"{p.parent}: no such folder")
     secret = secrets.token_bytes(KEY_BYTES)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(p, flags, 0o600)  # created 0600: never world-readable, not even for a moment
+    try:
+        fd = os.open(p, flags, 0o600)  # created 0600: never world-readable, not even for a moment
+    except OSError as e:
+        raise GuardError(f"{p}: cannot create the key file ({e.strerror})") from None
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, f"{HEADER}\n{secret.hex()}\n".encode())

@@ -125,6 +125,30 @@ def scan_settings(a: argparse.Namespace):
                          watermark_decoder=a.watermark_decoder)
 
 
+def out_folder(path: str | Path) -> Path:
+    """An output folder, made now: a path that cannot be a folder fails before minutes of training, not after."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GuardError(f"{p}: cannot create the output folder ({e.strerror or e})") from None
+    return p
+
+
+def out_file(path: str | Path) -> Path:
+    """An output file's folder, made and tried with a scratch file now, so an unwritable place fails before the work."""
+    import tempfile
+
+    p = Path(path)
+    try:
+        out_folder(p.parent)
+        with tempfile.NamedTemporaryFile(dir=p.parent):
+            pass
+    except OSError as e:
+        raise GuardError(f"{p}: cannot write there ({e.strerror or e})") from None
+    return p
+
+
 def fake_cache(a: argparse.Namespace) -> Path:
     """The fakes' cache folder, made now, so that a bad path fails before minutes of sampling, not after."""
     from ddpm_guard.detector.train import FAKE_CACHE

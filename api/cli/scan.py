@@ -38,6 +38,9 @@ def cmd_audit(a: argparse.Namespace) -> int:
     print(json.dumps(summary) if a.json else json.dumps(summary, indent=2))
     if not a.json:
         print(f"reports: {Path(a.out) / 'report.html'}, report.json, report.csv", file=sys.stderr)
+    if not summary.get("files"):  # the (empty) report is written; the run still says it found nothing
+        print(f"ddpm-guard: error: {a.path}: no image files to audit", file=sys.stderr)
+        return 2
     return 0
 
 

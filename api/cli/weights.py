@@ -11,7 +11,7 @@ import argparse
 import json
 from dataclasses import fields
 
-from ddpm_guard.api.cli.common import add_out, positive_int, stderr_log
+from ddpm_guard.api.cli.common import add_out, out_file, out_folder, positive_int, stderr_log
 from ddpm_guard.generator.errors import GuardError
 
 _ARG_TYPES = {"int": int, "float": float, "str": str}
@@ -34,13 +34,14 @@ def _config(a: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()):
 def cmd_distill(a: argparse.Namespace) -> int:
     from ddpm_guard.generator.distill import DistillConfig, distill
 
-    distill(a.teacher, a.out, _config(a, DistillConfig), log=stderr_log)
+    distill(a.teacher, out_folder(a.out), _config(a, DistillConfig), log=stderr_log)
     return 0
 
 
 def cmd_family(a: argparse.Namespace) -> int:
     from ddpm_guard.detector.families import FamilyConfig, save_family, train_family
 
+    out_folder(a.out)
     net = train_family(FamilyConfig(kind=a.kind), steps=a.steps, seed=a.seed, log=stderr_log)
     save_family(net, a.out, {"train": {"command": f"ddpm-guard weights family --kind {a.kind} --out {a.out} "
                                                   f"--steps {a.steps} --seed {a.seed}", "data": "mnist5k train (4,000)",
@@ -54,7 +55,7 @@ def cmd_decoder_train(a: argparse.Namespace) -> int:
     from ddpm_guard.watermark.guided.train import train_decoder, TrainConfig
 
     dcfg = DecoderConfig(bits=a.bits, width=a.width, canonical=bool(a.canonical))
-    train_decoder(a.out, _config(a, TrainConfig), dcfg, log=stderr_log)
+    train_decoder(out_folder(a.out), _config(a, TrainConfig), dcfg, log=stderr_log)
     return 0
 
 
@@ -94,14 +95,14 @@ def cmd_decoder_calibrate(a: argparse.Namespace) -> int:
 def cmd_reader_make(a: argparse.Namespace) -> int:
     from ddpm_guard.watermark.guided.train import make_marks
 
-    make_marks(a.n, a.out, seed=a.seed, chunk=a.chunk, start=a.start, decoder=a.decoder, log=stderr_log)
+    make_marks(a.n, out_file(a.out), seed=a.seed, chunk=a.chunk, start=a.start, decoder=a.decoder, log=stderr_log)
     return 0
 
 
 def cmd_reader_train(a: argparse.Namespace) -> int:
     from ddpm_guard.watermark.guided.train import train_reader
 
-    info = train_reader(a.marks, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_aspect=a.max_aspect,
+    info = train_reader(a.marks, out_folder(a.out), steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_aspect=a.max_aspect,
                         seed=a.seed, decoder=a.decoder, log=stderr_log)
     print(json.dumps(info))
     return 0
@@ -110,7 +111,7 @@ def cmd_reader_train(a: argparse.Namespace) -> int:
 def cmd_classifier(a: argparse.Namespace) -> int:
     from ddpm_guard.generator.classifier import BUNDLED_CLASSIFIER, rebuild_classifier
 
-    out = a.out or BUNDLED_CLASSIFIER
+    out = out_folder(a.out or BUNDLED_CLASSIFIER)
     acc = rebuild_classifier(out, log=stderr_log)
     print(json.dumps({"out": str(out), "heldout_accuracy": acc}))
     return 0
@@ -120,7 +121,7 @@ def cmd_prompts(a: argparse.Namespace) -> int:
     from ddpm_guard.generator.text import WEIGHTS, fit_prompt_model, save_prompt_model
 
     m = fit_prompt_model()
-    out = a.out or WEIGHTS
+    out = out_folder(a.out or WEIGHTS)
     save_prompt_model(m, out)
     print(json.dumps({"out": str(out), "thresholds": m.thresholds}))
     return 0
