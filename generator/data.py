@@ -7,12 +7,19 @@
 - ``photos32``: 32x32 RGB patches cut from the colour photographs that ship inside scikit-image
   (``skimage/data``), at several scales, for the colour model of the colorization application.
   The split is by photograph: ``heldout`` patches come only from PHOTOS_HELDOUT, never trained on.
+- ``fashion``: Fashion-MNIST (Xiao et al. 2017, MIT licence), 70,000 28x28 grey product photos in 10 classes, from
+  Debian's ``dataset-fashion-mnist`` package (idx files under FASHION_DIR). The official split: the first 50,000 of
+  the 60,000 training images are ``train``, the last 10,000 ``val`` (choices are made there), and the 10,000 test
+  images are ``heldout`` (nothing is tuned on them).
 - ``folder:PATH``: every image under PATH, decoded by the safe decoder; unlabelled.
 """
 
 from __future__ import annotations
 
+import gzip
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +28,12 @@ from ddpm_guard.generator.errors import GuardError
 from ddpm_guard.generator.image_io import fit_to, list_images, load_image
 
 MNIST_TRAIN_PER_DIGIT = 400
-SPLITS = ("train", "heldout", "all")
+SPLITS = ("train", "val", "heldout", "all")  # "val" only where a data set has one (fashion)
+# Debian's dataset-fashion-mnist; DDPM_GUARD_FASHION_DIR points elsewhere (the same four idx files, gzipped or not)
+FASHION_DIR = Path(os.environ.get("DDPM_GUARD_FASHION_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+FASHION_VAL = 10_000  # the last 10,000 of the official 60,000 training images
 # the colour photographs of skimage/data (the grey ones, charts and logos are left out). motorcycle_left and
 # _right are one scene, so both train; the held-out photos are two unrelated scenes (a cat, a rocket).
 PHOTOS_TRAIN = ("astronaut.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
@@ -55,6 +67,49 @@ def _mnist5k(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     keep = {"train": rank < MNIST_TRAIN_PER_DIGIT, "heldout": rank >= MNIST_TRAIN_PER_DIGIT,
             "all": torch.ones_like(y, dtype=torch.bool)}[split]
     return x[keep], y[keep]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (LeCun's MNIST format, gzipped or not) as a uint8 array: magic 0x0801 labels (N,), 0x0803 images
+    (N, H, W). A damaged file is one GuardError."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            data = f.read()
+        magic = int.from_bytes(data[:4], "big")
+        ndim = magic & 0xFF
+        if magic >> 8 != 0x08 or ndim not in (1, 3):
+            raise ValueError(f"magic {magic:#x}")
+        dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+        body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        if body.size != int(np.prod(dims)):
+            raise ValueError(f"{body.size} bytes for dimensions {dims}")
+        return body.reshape(dims)
+    except (OSError, ValueError, EOFError) as e:
+        raise GuardError(f"{path}: not a readable idx file ({e})") from None
+
+
+def _fashion_file(stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (FASHION_DIR / name).is_file():
+            return FASHION_DIR / name
+    raise GuardError(f"Fashion-MNIST is not installed ({FASHION_DIR / stem}.gz is missing): "
+                     "apt-get install dataset-fashion-mnist, or set DDPM_GUARD_FASHION_DIR")
+
+
+def _fashion(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = []
+    if split in ("train", "val", "all"):
+        x, y = read_idx(_fashion_file("train-images-idx3-ubyte")), read_idx(_fashion_file("train-labels-idx1-ubyte"))
+        cut = len(x) - FASHION_VAL
+        parts.append((x, y) if split == "all" else (x[:cut], y[:cut]) if split == "train" else (x[cut:], y[cut:]))
+    if split in ("heldout", "all"):
+        parts.append((read_idx(_fashion_file("t10k-images-idx3-ubyte")), read_idx(_fashion_file("t10k-labels-idx1-ubyte"))))
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    if len(x) != len(y):
+        raise GuardError(f"{FASHION_DIR}: {len(x)} images but {len(y)} labels")
+    return (torch.from_numpy(x.astype(np.float32)).reshape(-1, 1, 28, 28) / 127.5 - 1.0,
+            torch.from_numpy(y.astype(np.int64)))
 
 
 def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,8 +192,12 @@ def load_dataset(name: str, split: str = "train", *, image_size: int | None = No
         raise GuardError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if channels not in (None, 1, 3):
         raise GuardError(f"channels must be 1 or 3, got {channels}")
+    if split == "val" and name != "fashion":
+        raise GuardError(f"the {name!r} data set has no validation split; use train, heldout or all")
     if name == "mnist5k":
         x, y = _mnist5k(split)
+    elif name == "fashion":
+        x, y = _fashion(split)
     elif name == "digits":
         x, y = _digits(split)
     elif name == "photos32":
@@ -149,7 +208,7 @@ def load_dataset(name: str, split: str = "train", *, image_size: int | None = No
             raise GuardError("a folder data set has no held-out split; use split 'train' or 'all'")
         x, y = _folder(path, channels, image_size)
     else:
-        raise GuardError(f"unknown data set {name!r}; use mnist5k, digits, photos32 or folder:PATH")
+        raise GuardError(f"unknown data set {name!r}; use mnist5k, digits, photos32, fashion or folder:PATH")
     c, h, w = x.shape[1:]
     shape = (channels or c, image_size or h, image_size or w)
     return Dataset(x.contiguous() if shape == (c, h, w) else fit_to(x, shape), y, name)

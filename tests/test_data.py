@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -59,3 +61,49 @@ def test_unknown_names():
         load_dataset("cifar10")
     with pytest.raises(GuardError, match="unknown split"):
         load_dataset("mnist5k", "test")
+
+
+def _write_idx(path, arr, gz=True):
+    import gzip
+
+    arr = np.asarray(arr, dtype=np.uint8)
+    head = (0x0800 | arr.ndim).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    (gzip.open if gz else open)(path, "wb").write(head + arr.tobytes())
+
+
+def test_fashion_splits_follow_the_official_split_with_the_last_training_images_as_validation(tmp_path, monkeypatch):
+    """Synthetic idx files in the package's layout: train = the first of the training file, val = its last
+    FASHION_VAL, heldout = the test file, all = both; a damaged file or a missing package is one message."""
+    import ddpm_guard.generator.data as data
+    from ddpm_guard.generator.data import load_dataset, read_idx
+
+    rng = np.random.default_rng(0)
+    train_x, test_x = rng.integers(0, 256, (12, 28, 28)), rng.integers(0, 256, (5, 28, 28))
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", train_x)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(12) % 10)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", test_x, gz=False)  # uncompressed files are read too
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(5), gz=False)
+    monkeypatch.setattr(data, "FASHION_DIR", tmp_path)
+    monkeypatch.setattr(data, "FASHION_VAL", 4)
+    as_bytes = lambda d: ((d.images[:, 0] + 1) * 127.5).round().numpy().astype(np.uint8)  # noqa: E731
+    tr, va, ho, al = (load_dataset("fashion", s) for s in ("train", "val", "heldout", "all"))
+    assert np.array_equal(as_bytes(tr), train_x[:8]) and np.array_equal(as_bytes(va), train_x[8:])
+    assert np.array_equal(as_bytes(ho), test_x) and len(al) == 17 and ho.labels.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(GuardError, match="validation"):
+        load_dataset("mnist5k", "val")
+    (tmp_path / "bad.gz").write_bytes(b"junk")
+    with pytest.raises(GuardError, match="not a readable idx"):
+        read_idx(tmp_path / "bad.gz")
+    monkeypatch.setattr(data, "FASHION_DIR", tmp_path / "absent")
+    with pytest.raises(GuardError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion", "train")
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+def test_fashion_from_the_debian_package_has_the_official_sizes():
+    from ddpm_guard.generator.data import load_dataset
+
+    sizes = {s: len(load_dataset("fashion", s)) for s in ("train", "val", "heldout")}
+    assert sizes == {"train": 50_000, "val": 10_000, "heldout": 10_000}
+    assert load_dataset("fashion", "heldout").labels.bincount().tolist() == [1000] * 10

@@ -83,7 +83,7 @@ def cmd_eval_gen(a: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     t = sub.add_parser("train", help="train a DDPM on a named data set")
-    t.add_argument("--data", default="mnist5k", help="mnist5k, digits or folder:PATH (default mnist5k)")
+    t.add_argument("--data", default="mnist5k", help="mnist5k, fashion, digits, photos32 or folder:PATH (default mnist5k)")
     add_out(t, "run folder (checkpoints, config.json, train_log.jsonl)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--steps", type=positive_int, default=None, help="total optimiser steps (default 20000)")
