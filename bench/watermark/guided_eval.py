@@ -13,7 +13,7 @@ import json
 from dataclasses import fields
 
 from ddpm_guard.generator.checkpoint import load_model
-from ddpm_guard.generator.config import add_config_arguments
+from ddpm_guard.api.cli.weights import add_config_arguments  # one --field option per dataclass field
 from ddpm_guard.watermark.evaluate import evaluate_guided
 from ddpm_guard.watermark.guided.scheme import GuidedScheme
 from ddpm_guard.watermark.keys import WatermarkKey
