@@ -178,14 +178,18 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     per = -(-n // len(others_keys))  # marks per key; key i's marks are images i, i + n_keys, ... of one batch
     ring = (others_keys * per)[:n]
     others = quantize(generate_under_keys(model, schedule, ring, payload, spec, seed=seed + 1, **kw)[0])
-    held = load_dataset("mnist5k", "heldout").images
-    unmarked = quantize(generate(model, schedule, max(0, n_negative - len(held)), seed=seed + 2, **kw)[0])
+    # negatives: the held-out digits, then unmarked samples up to n_negative (none when n_negative <= 1,000)
+    held = load_dataset("mnist5k", "heldout").images[:n_negative]
+    n_unmarked = max(0, n_negative - len(held))
+    negatives = [("real", held)] + ([("unmarked", quantize(generate(model, schedule, n_unmarked, seed=seed + 2,
+                                                                    **kw)[0]))] if n_unmarked else [])
+    negatives.append(("other_key", others))
     net, _ = heldout_reference()
     dec, cal = decoder_and_center(decoder)
     report: dict = {"n": n, "alpha": alpha, "steps": steps, "scheme": dict(scheme.__dict__),
                     "statistic": "soft", "read_views": list(getattr(dec, "views", ("id",))),
                     "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-                    "n_negative": {"real": len(held), "unmarked": len(unmarked), "other_key": n,
+                    "n_negative": {"real": len(held), "unmarked": n_unmarked, "other_key": n,
                                    "other_keys": len(others_keys)},
                     "guided_cost_ratio": t_guided / t_plain,
                     "psnr_db_guided_vs_same_seed": psnr_db(quantize(guided_small), quantize(plain_small)),
@@ -194,12 +198,11 @@ def evaluate_guided(model, schedule, key: WatermarkKey, *, n: int = 500, n_negat
     log(f"cost x{report['guided_cost_ratio']:.2f}, PSNR {report['psnr_db_guided_vs_same_seed']:.1f} dB, "
         f"class accuracy {report['class_accuracy_marked']:.3f}")
     g = torch.Generator().manual_seed(seed + 3)
-    neg_p = {"real": [], "unmarked": [], "other_key": []}
+    neg_p = {k: [] for k, _ in negatives}
     t_dec, n_dec = 0.0, 0
     for name in attacks:
         att = ATTACKS.get(name) or (lambda x, gg, _n=name: held_out_attack(_n, x, gg))
-        sets = {k: quantize(att(v, g)) for k, v in
-                (("marked", marked), ("real", held), ("unmarked", unmarked), ("other_key", others))}
+        sets = {k: quantize(att(v, g)) for k, v in [("marked", marked), *negatives]}
         t0 = time.time()
         logits = {k: decode_logits(v, decoder) for k, v in sets.items()}
         t_dec += time.time() - t0
