@@ -6,7 +6,7 @@ Scanner from the plain ScanSpec (keys travel as paths: key material never enters
 store). The driver streams the results back and journals them batch by batch, as the local engine does.
 
 Locally it starts a small Ray (num_cpus = 2, a bounded object store, no dashboard); with an address
-it joins an existing cluster, whose workers must have ddpm-guard installed (see the README).
+it joins an existing cluster, whose workers must have ddpm-guard installed (docs/audit.md).
 """
 
 from __future__ import annotations
