@@ -56,11 +56,11 @@ def run_demo(out: str | Path, n_watermarked: int = 8, n_real: int = 4, seed: int
         j = i * (len(held) // n_real)  # one from each part of the label-sorted set
         files.append(("real digit", save_image(held.images[j], out / "real" / f"real_{j:04d}_label{int(held.labels[j])}.png")))
     paths = [str(p) for _, p in files]
-    verdicts = [{**v, "watermarked": v.get("detected")} for v in verify_files(paths, {"demo": key})]
+    verdicts = verify_files(paths, {"demo": key})
     detections = detect_files(paths, load_detector())
     rows = []
     for (kind, p), v, d in zip(files, verdicts, detections):
-        rows.append({"path": str(p), "truth": kind, "watermarked": v.get("watermarked"), "wm_p_value": v.get("p_value"),
+        rows.append({"path": str(p), "truth": kind, "watermarked": v.get("detected"), "wm_p_value": v.get("p_value"),
                      "payload": v.get("payload"), "synthetic": d.get("synthetic"), "p_synthetic": d.get("p_synthetic"),
                      "error": v.get("error") or d.get("error")})
     return rows

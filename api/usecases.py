@@ -53,6 +53,7 @@ def sampling(*, fast: bool = False, checkpoint: str | None = None, sampler: str 
     guidance (a checkpoint, sampler or steps given with it are refused); otherwise `loaded` (model, schedule) or the
     checkpoint, DDIM, and the default guidance scale. `fast_config`: a loader of the Fast record (the service keeps
     one loaded); `prefix` names the options in messages ("--" on the command line, "" for the service's fields)."""
+    from ddpm_guard.generator.checkpoint import load_fast, load_model
     from ddpm_guard.generator.pipeline import DEFAULT_GUIDANCE
 
     if fast:
@@ -60,16 +61,9 @@ def sampling(*, fast: bool = False, checkpoint: str | None = None, sampler: str 
         if given:
             raise GuardError(f"{prefix}fast picks its own steps, sampler and model; drop "
                              + ", ".join(prefix + n for n in given))
-        if fast_config is None:
-            from ddpm_guard.generator.checkpoint import load_fast as fast_config
-        f = fast_config()
+        f = (fast_config or load_fast)()
         return Sampling(f.model, f.schedule, f.sampler, f.steps, f.guidance if guidance is None else guidance)
-    if loaded is None:
-        from ddpm_guard.generator.checkpoint import load_model
-
-        model, schedule, _ = load_model(checkpoint)
-    else:
-        model, schedule = loaded
+    model, schedule = loaded if loaded is not None else load_model(checkpoint)[:2]
     return Sampling(model, schedule, sampler or "ddim", steps, DEFAULT_GUIDANCE if guidance is None else guidance)
 
 

@@ -130,8 +130,7 @@ def cmd_prompts(a: argparse.Namespace) -> int:
 def register(sub) -> None:
     from ddpm_guard.detector.families import KINDS
     from ddpm_guard.generator.distill import DistillConfig
-    from ddpm_guard.watermark.guided.nets import DecoderConfig
-    from ddpm_guard.watermark.guided.train import TrainConfig
+    from ddpm_guard.watermark.guided.config import DecoderConfig, TrainConfig  # no torch: the parser stays light
 
     w = sub.add_parser("weights", help="rebuild a bundled weight folder from its seed (students, families, the mark's "
                        "decoder, the classifier, the prompt mapper)").add_subparsers(dest="weights_command", required=True)

@@ -57,13 +57,14 @@ def codewords_hook(codewords: torch.Tensor, scheme: GuidedScheme = GuidedScheme(
     toward codewords[0] when it holds one row: marks under many keys in one batch (the sampler must then run
     the B images as one batch). `net` and `center`: the network guidance steers and its chip medians, for a
     decoder not calibrated yet (default: the decoder folder's)."""
+    if net is None or center is None:
+        dec, cal = decoder_and_center(decoder)
     if net is None:
-        dec, _ = decoder_and_center(decoder)
         check_scheme(dec, scheme)
         net = dec.embed  # a decoder read under several views is guided through the first (the file itself)
     cw = codewords.float().repeat(1, net.copies)  # every member reads its own copy
     if center is None:
-        center = decoder_and_center(decoder)[1].guide_center(cw.shape[1])
+        center = cal.guide_center(cw.shape[1])
     gen = torch.Generator().manual_seed(seed + 7919)
 
     def hook(x0: torch.Tensor, t: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,20 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_guard.generator.errors import GuardError
+from ddpm_guard.watermark.guided.config import DecoderConfig
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "decoder"
-
-
-@dataclass
-class DecoderConfig:
-    bits: int = 72  # codeword length: 32 keyed zero-bit chips + 32 payload bits + an 8-bit keyed tag
-    width: int = 32  # channels at full resolution (x2, x4 after each stride): ~22 M multiply-adds per image
-    image_size: int = 28
-    channels: int = 1
-    # moment normalisation before the CNN (Alghoniemy & Tewfik 2000): centroid to the centre, principal
-    # axis upright, radius of gyration fixed, heavier end down. Rotation, crop and rescale then move the
-    # digit's own frame along with the mark, so the CNN sees the mark where it was put.
-    canonical: bool = False
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

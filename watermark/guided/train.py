@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +30,8 @@ import torch.nn.functional as F
 from ddpm_guard.generator.errors import GuardError
 from ddpm_guard.watermark.attacks import attack_layer
 from ddpm_guard.watermark.guided.guidance import guided_marks
+from ddpm_guard.watermark.guided.config import TrainConfig
 from ddpm_guard.watermark.guided.nets import DecoderConfig, MessageDecoder, MessageEncoder, load_decoder, save_decoder
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 6000
-    batch_size: int = 64
-    lr: float = 1e-3
-    strength: float = 0.25  # the encoder's residual bound, in [-1, 1] pixel units
-    image_weight: float = 2.0  # weight of the residual's mean square in the encoder's loss
-    identity_share: float = 0.15  # share of each batch shown unattacked
-    seed: int = 0
-    max_minutes: float | None = None
 
 
 def train_decoder(out_dir: str | Path, cfg: TrainConfig = TrainConfig(), dcfg: DecoderConfig = DecoderConfig(),
